@@ -1,0 +1,228 @@
+"""The HTTP API: accepts thumbnail requests into Kafka and answers task status from Cassandra."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
+
+from services.common.events import Event, Requested
+from services.common.kafka import PublishError
+from services.common.repositories import StoredThumbnail, TaskUpdate, TaskView
+from services.common.settings import Settings
+from services.common.status import Status
+from services.projector.core import project
+
+from .metrics import HttpMetrics
+from .openapi import DOCS_HTML, openapi_spec
+from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request
+
+log = logging.getLogger(__name__)
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+class Publisher(Protocol):
+    async def publish_event(self, event: Event) -> None: ...
+
+    def reachable(self, timeout: float = 2.0) -> bool: ...
+
+
+class Tasks(Protocol):
+    async def apply(self, update: TaskUpdate) -> None: ...
+
+    async def get(self, task_id: str) -> TaskView | None: ...
+
+    async def ping(self) -> None: ...
+
+
+class Thumbnails(Protocol):
+    async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None: ...
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # The top-level "message" keeps clients of the replaced system working.
+    return JSONResponse({"error": {"code": code, "message": message}, "message": message}, status, headers)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    publisher: Publisher | None = None,
+    tasks: Tasks | None = None,
+    thumbnails: Thumbnails | None = None,
+) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        closers = []
+        if publisher is None or tasks is None or thumbnails is None:
+            from .wiring import real_adapters  # imported late: no clients at import time
+
+            built, closers = real_adapters(settings)
+            app.state.publisher = publisher or built.publisher
+            app.state.tasks = tasks or built.tasks
+            app.state.thumbnails = thumbnails or built.thumbnails
+        else:
+            app.state.publisher, app.state.tasks, app.state.thumbnails = publisher, tasks, thumbnails
+        try:
+            yield
+        finally:
+            for close in closers:
+                close()
+
+    routes = [
+        Route("/thumbnail", submit, methods=["POST"]),
+        Route("/thumbnail", status, methods=["GET"]),
+        Route("/thumbnail/file", file, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+        Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
+    ]
+    handlers = {ApiError: on_api_error, 404: on_not_found, 405: on_method_not_allowed}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)  # type: ignore[arg-type]
+    app.add_middleware(HttpMetrics)
+    return app
+
+
+async def submit(request: Request) -> Response:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
+    source_url, rendition = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
+    event_id = str(uuid.uuid4())
+    event = Event(
+        task_id=str(uuid.uuid4()), payload=Requested(source_url, rendition), producer="api",
+        event_id=event_id, correlation_id=event_id,
+    )
+    try:
+        await request.app.state.publisher.publish_event(event)
+    except PublishError as exc:
+        log.warning("publish failed: %s", exc)
+        raise ApiError(503, "UNAVAILABLE", "the queue is unavailable, try again shortly", {"Retry-After": "5"}) from None
+    try:
+        # Written at acceptance so a GET right after this answer never sees 404; the lowest rank keeps
+        # the projector's later writes winning.
+        await request.app.state.tasks.apply(project(event))
+    except Exception as exc:  # noqa: BLE001 - the task is accepted; the projector writes the row too
+        log.warning("could not record PENDING for %s: %s", event.task_id, exc)
+    location = f"/thumbnail?task_id={event.task_id}"
+    return JSONResponse({"task_id": event.task_id}, 202, {"Location": location})
+
+
+async def _task(request: Request) -> TaskView:
+    task_id = parse_task_id(request.query_params.get("task_id"))
+    try:
+        view = await request.app.state.tasks.get(task_id)
+    except Exception as exc:  # noqa: BLE001 - any driver failure means the store is unavailable
+        log.warning("task lookup failed: %s", exc)
+        raise ApiError(503, "UNAVAILABLE", "the task store is unavailable, try again shortly", {"Retry-After": "5"}) from None
+    if view is None:
+        raise ApiError(404, "TASK_NOT_FOUND", f"no task {task_id}")
+    return view
+
+
+async def _thumbnail(request: Request, view: TaskView) -> StoredThumbnail:
+    assert view.source_sha256 and view.rendition_key
+    try:
+        stored = await request.app.state.thumbnails.find(view.source_sha256, view.rendition_key)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("thumbnail lookup failed: %s", exc)
+        raise ApiError(503, "UNAVAILABLE", "the thumbnail store is unavailable", {"Retry-After": "5"}) from None
+    if stored is None:
+        raise ApiError(404, "THUMBNAIL_GONE", "the thumbnail of this task is no longer stored")
+    return stored
+
+
+async def status(request: Request) -> Response:
+    view = await _task(request)
+    body: dict[str, object] = {"task_id": view.task_id, "status": view.status.value}
+    if view.status is Status.SUCCESS:
+        stored = await _thumbnail(request, view)
+        body.update(
+            message="ok",
+            base64_thumbnail_data=base64.b64encode(stored.data).decode("ascii"),
+            content_type=stored.content_type,
+            width=stored.width,
+            height=stored.height,
+            source_sha256=view.source_sha256,
+        )
+        return JSONResponse(body)
+    if view.status is Status.FAILURE:
+        body.update(message=view.error_message or "failed", error={"code": view.error_code, "message": view.error_message})
+        return JSONResponse(body)
+    body.update(message="in progress", status=Status.PENDING.value, stage=view.status.value)
+    return JSONResponse(body, 202, {"Retry-After": "1"})
+
+
+async def file(request: Request) -> Response:
+    view = await _task(request)
+    if view.status is Status.FAILURE:
+        code, message = view.error_code or "FAILED", view.error_message or "the task failed"
+        return error_response(422, code, message)
+    if view.status is not Status.SUCCESS:
+        return error_response(202, "IN_PROGRESS", "the thumbnail is not ready yet", {"Retry-After": "1"})
+    # Content-addressed: the bytes of (source content, rendition, renderer version) never change.
+    etag = f'"{view.source_sha256}.{view.rendition_key}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    stored = await _thumbnail(request, view)
+    return Response(stored.data, 200, headers, media_type=stored.content_type)
+
+
+async def health(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    kafka_ok = await asyncio.to_thread(request.app.state.publisher.reachable, 2.0)
+    try:
+        await asyncio.wait_for(request.app.state.tasks.ping(), 3.0)
+        cassandra_ok = True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        cassandra_ok = False
+    checks = {"kafka": "ok" if kafka_ok else "down", "cassandra": "ok" if cassandra_ok else "down"}
+    ok = kafka_ok and cassandra_ok
+    return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+
+
+async def metrics(_request: Request) -> Response:
+    return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_request: Request) -> Response:
+    return JSONResponse(openapi_spec())
+
+
+async def docs(_request: Request) -> Response:
+    return HTMLResponse(DOCS_HTML)
+
+
+async def on_api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def on_not_found(_request: Request, _exc: Exception) -> Response:
+    return error_response(404, "NOT_FOUND", "no such route")
+
+
+async def on_method_not_allowed(_request: Request, _exc: Exception) -> Response:
+    return error_response(405, "METHOD_NOT_ALLOWED", "method not allowed on this route")

@@ -1,0 +1,165 @@
+"""The OpenAPI description of every route, and the offline Swagger UI page (assets from a PyPI package)."""
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from services.common.events import FORMATS
+
+from .validation import MAX_EDGE, MAX_URL_LENGTH
+
+UUID_PARAM = {
+    "name": "task_id", "in": "query", "required": True,
+    "schema": {"type": "string", "format": "uuid"}, "description": "The id POST /thumbnail returned.",
+}
+
+
+def _json(schema_ref: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    texts = {
+        400: "Malformed input (invalid JSON, malformed task id).",
+        404: "Unknown task.",
+        413: "Request body over 16 KiB.",
+        415: "Body is not application/json.",
+        422: "Well-formed but invalid input.",
+        503: "Kafka or Cassandra unavailable; retry after Retry-After seconds.",
+    }
+    return {str(s): _json("Error", texts[s], RETRY_AFTER if s == 503 else None) for s in statuses}
+
+
+@cache
+def openapi_spec() -> dict[str, Any]:
+    status_props = {
+        "message": {"type": "string"},
+        "task_id": {"type": "string", "format": "uuid"},
+        "status": {"type": "string", "enum": ["PENDING", "SUCCESS", "FAILURE"]},
+        "stage": {"type": "string", "enum": ["PENDING", "FETCHED"], "description": "Finer in-progress state."},
+        "base64_thumbnail_data": {"type": "string", "format": "byte"},
+        "content_type": {"type": "string"},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "source_sha256": {"type": "string"},
+        "error": {"$ref": "#/components/schemas/ErrorDetail"},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Thumbnail service",
+            "version": "1",
+            "description": "Submit an image URL, get a thumbnail by task id. Errors are "
+            '`{"error": {"code", "message"}, "message"}`.',
+        },
+        "paths": {
+            "/thumbnail": {
+                "post": {
+                    "summary": "Request a thumbnail",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ThumbnailRequest"}}},
+                    },
+                    "responses": {
+                        "202": _json("Accepted", "Accepted: the request is durably queued.", {
+                            "Location": {"schema": {"type": "string"}, "description": "The status URL."}}),
+                        **_errors(400, 413, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "summary": "Task status, with the thumbnail as base64 when done",
+                    "parameters": [UUID_PARAM],
+                    "responses": {
+                        "200": _json("TaskStatus", "Finished: SUCCESS with data, or FAILURE with error."),
+                        "202": _json("TaskStatus", "In progress.", RETRY_AFTER),
+                        **_errors(400, 404, 503),
+                    },
+                },
+            },
+            "/thumbnail/file": {
+                "get": {
+                    "summary": "The thumbnail's bytes",
+                    "parameters": [UUID_PARAM, {"name": "If-None-Match", "in": "header", "required": False,
+                                                "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {
+                            "description": "The image.",
+                            "headers": {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}},
+                            "content": {f"image/{f}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS},
+                        },
+                        "202": _json("Error", "In progress.", RETRY_AFTER),
+                        "304": {"description": "Not modified (If-None-Match matched the ETag)."},
+                        "422": _json("Error", "The task failed; the body has its error code."),
+                        **_errors(400, 404, 503),
+                    },
+                }
+            },
+            "/health": {"get": {"summary": "Liveness (no dependencies)", "responses": {"200": _json("Health", "Alive.")}}},
+            "/ready": {
+                "get": {
+                    "summary": "Readiness: Kafka and Cassandra reachable",
+                    "responses": {"200": _json("Ready", "Ready."), "503": _json("Ready", "A dependency is down.")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "Prometheus text format.",
+                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "ThumbnailRequest": {
+                    "type": "object",
+                    "required": ["source_url"],
+                    "properties": {
+                        "source_url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH,
+                                       "example": "http://127.0.0.1:8000/cat.jpg"},
+                        "width": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
+                        "height": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
+                        "format": {"type": "string", "enum": list(FORMATS), "default": "jpeg"},
+                        "quality": {"type": "integer", "minimum": 1, "maximum": 95, "default": 85},
+                    },
+                },
+                "Accepted": {"type": "object", "required": ["task_id"],
+                             "properties": {"task_id": {"type": "string", "format": "uuid"}}},
+                "TaskStatus": {"type": "object", "required": ["task_id", "status", "message"], "properties": status_props},
+                "ErrorDetail": {"type": "object", "required": ["code", "message"],
+                                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}, "message": {"type": "string"}},
+                },
+                "Health": {"type": "object", "properties": {"status": {"type": "string"}}},
+                "Ready": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string"},
+                        "checks": {"type": "object", "additionalProperties": {"type": "string", "enum": ["ok", "down"]}},
+                    },
+                },
+            }
+        },
+    }
+
+
+DOCS_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Thumbnail service API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>
+"""

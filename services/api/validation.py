@@ -1,0 +1,79 @@
+"""Parsing and validating API input: every malformed request maps to a 4xx with a stable code."""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from services.common.events import FORMATS, Rendition
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_URL_LENGTH = 2048
+MAX_EDGE = 1024
+
+
+class ApiError(Exception):
+    """An expected client error: HTTP status, stable code, human message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendition]:
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the request body as application/json")
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ApiError(422, "INVALID_REQUEST", "request body must be a JSON object")
+    return _source_url(document.get("source_url")), _rendition(document)
+
+
+def _source_url(url: Any) -> str:
+    if url is None:
+        raise ApiError(422, "INVALID_REQUEST", "source_url is required")
+    if not isinstance(url, str):
+        raise ApiError(422, "INVALID_REQUEST", "source_url must be a string")
+    url = url.strip()
+    if not url:
+        raise ApiError(422, "INVALID_REQUEST", "source_url must not be empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise ApiError(422, "INVALID_REQUEST", f"source_url is longer than {MAX_URL_LENGTH} characters")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ApiError(422, "INVALID_REQUEST", "source_url must be an http or https URL")
+    if not rest.split("/", 1)[0].split("?", 1)[0]:
+        raise ApiError(422, "INVALID_REQUEST", "source_url has no host")
+    return url
+
+
+def _rendition(document: dict[str, Any]) -> Rendition:
+    default = Rendition()
+    width = _edge(document, "width", default.width)
+    height = _edge(document, "height", default.height)
+    fmt = document.get("format", default.format)
+    if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+        raise ApiError(422, "INVALID_REQUEST", f"format must be one of {', '.join(FORMATS)}")
+    quality = document.get("quality", default.quality)
+    if type(quality) is not int or not 1 <= quality <= 95:
+        raise ApiError(422, "INVALID_REQUEST", "quality must be an integer from 1 to 95")
+    return Rendition(width, height, fmt.lower(), quality)
+
+
+def _edge(document: dict[str, Any], name: str, default: int) -> int:
+    value = document.get(name, default)
+    if type(value) is not int or not 1 <= value <= MAX_EDGE:
+        raise ApiError(422, "INVALID_REQUEST", f"{name} must be an integer from 1 to {MAX_EDGE}")
+    return value
+
+
+def parse_task_id(raw: str | None) -> str:
+    if not raw:
+        raise ApiError(400, "INVALID_TASK_ID", "task_id query parameter is required")
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(400, "INVALID_TASK_ID", "task_id must be a UUID") from None

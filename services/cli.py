@@ -1,0 +1,96 @@
+"""`thumbs`: one command for every process, the set-up steps, and the local servers."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from services.common.settings import Settings, SettingsError, documented
+
+
+def _api(settings: Settings) -> int:
+    import uvicorn
+
+    from services.api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    return 0
+
+
+def _stage(name: str) -> Callable[[Settings], int]:
+    def run(settings: Settings) -> int:
+        module = __import__(f"services.{name}.worker", fromlist=["main"])
+        module.main(settings)
+        return 0
+
+    return run
+
+
+def _topics(settings: Settings) -> int:
+    from services.common.kafka import ensure_topics
+
+    for topic in ensure_topics(settings):
+        print(f"{topic.name}: {topic.partitions} partitions{' (created)' if topic.created else ''}")
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from services.common.cassandra import migrate
+
+    migrate(settings)
+    print(f"keyspace {settings.keyspace} is up to date")
+    return 0
+
+
+def _run(settings: Settings) -> int:
+    from services.supervisor import run_all
+
+    return run_all(settings)
+
+
+def _settings(_settings: Settings) -> int:
+    for name, default, doc in documented():
+        print(f"{name}={default}\n    {doc}")
+    return 0
+
+
+COMMANDS = {
+    "api": ("serve the HTTP API", _api),
+    "fetcher": ("run a fetcher stage process", _stage("fetcher")),
+    "resizer": ("run a resizer stage process", _stage("resizer")),
+    "projector": ("run a projector stage process", _stage("projector")),
+    "run": ("create topics and tables, then run the API and every stage until Ctrl-C", _run),
+    "topics": ("create or verify the Kafka topics and their configs", _topics),
+    "migrate": ("create or update the Cassandra keyspace and tables", _migrate),
+    "settings": ("list every THUMBS_* setting with its default", _settings),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thumbs", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, handler) in COMMANDS.items():
+        commands.add_parser(name, help=help_text).set_defaults(handler=handler)
+    try:
+        from services.devservers.commands import register
+    except ModuleNotFoundError:  # pragma: no cover - devservers not yet present
+        register = None
+    if register:
+        register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"thumbs: {exc}", file=sys.stderr)
+        return 2
+    return int(args.handler(settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The pipeline's events, defined once: envelope, payloads, and the JSON codec every process shares.
+
+Each event type and version has a JSON Schema under `schemas/`; `decode` validates against it, so
+what the code accepts is exactly what the published contract allows (unknown fields are ignored).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from functools import cache
+from typing import Any, Union
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from .settings import REPO_ROOT
+
+SCHEMA_DIR = REPO_ROOT / "schemas"
+
+REQUESTED = "thumbnail.requested"
+FETCHED = "thumbnail.fetched"
+COMPLETED = "thumbnail.completed"
+FAILED = "thumbnail.failed"
+EVENT_TYPES = (REQUESTED, FETCHED, COMPLETED, FAILED)
+FORMATS = ("jpeg", "png", "webp")
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+class EventError(ValueError):
+    """Bytes that are not a valid event of a known type and version (they go to the dead-letter topic)."""
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """What to render: fit within width x height keeping the aspect ratio, encoded as `format`."""
+
+    width: int = 100
+    height: int = 100
+    format: str = "jpeg"
+    quality: int = 85
+
+    def key(self, renderer_version: int) -> str:
+        """Dedupe key of a rendition: every input that changes the output bytes, renderer version included."""
+        return f"{self.width}x{self.height}.{self.format}.q{self.quality}.r{renderer_version}"
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+
+@dataclass(frozen=True)
+class Requested:
+    source_url: str
+    rendition: Rendition = field(default_factory=Rendition)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    source_url: str
+    source_sha256: str
+    media_type: str
+    image: bytes = field(repr=False)
+    rendition: Rendition = field(default_factory=Rendition)
+
+
+@dataclass(frozen=True)
+class Completed:
+    source_sha256: str
+    rendition: Rendition
+    renderer_version: int
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    deduplicated: bool
+
+
+@dataclass(frozen=True)
+class Failed:
+    stage: str
+    code: str
+    message: str
+    attempts: int = 1
+
+
+Payload = Union[Requested, Fetched, Completed, Failed]
+_PAYLOAD_TYPES: dict[str, type] = {REQUESTED: Requested, FETCHED: Fetched, COMPLETED: Completed, FAILED: Failed}
+_TYPE_OF = {cls: name for name, cls in _PAYLOAD_TYPES.items()}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    """The envelope around every payload. `correlation_id` ties a task's events to the request that began it."""
+
+    task_id: str
+    payload: Payload
+    producer: str
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    occurred_at: str = field(default_factory=now_iso)
+    correlation_id: str = ""
+    version: int = 1
+
+    @property
+    def type(self) -> str:
+        return _TYPE_OF[type(self.payload)]
+
+    @property
+    def key(self) -> bytes:
+        """Kafka key: content hash for fetched (equal images share a resizer partition), task id otherwise."""
+        if isinstance(self.payload, Fetched):
+            return self.payload.source_sha256.encode()
+        return self.task_id.encode()
+
+    @property
+    def occurred_at_micros(self) -> int:
+        moment = datetime.fromisoformat(self.occurred_at.replace("Z", "+00:00"))
+        return int(moment.timestamp() * 1_000_000)
+
+    def follow(self, payload: Payload, producer: str) -> "Event":
+        """The next event of the same task."""
+        return Event(
+            task_id=self.task_id,
+            payload=payload,
+            producer=producer,
+            correlation_id=self.correlation_id or self.event_id,
+        )
+
+    def with_payload(self, payload: Payload) -> "Event":
+        return replace(self, payload=payload)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event a stage core wants produced; `topic` overrides the event type's own topic (retries)."""
+
+    event: Event
+    topic: str | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def encode_dead_letter(
+    *, reason: str, stage: str, topic: str, partition: int, offset: int,
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]],
+) -> bytes:
+    """The thumbnail.dlq record: the original record in full, where it came from, and why it was rejected."""
+    def b64(raw: bytes | None) -> str | None:
+        return None if raw is None else base64.b64encode(raw).decode("ascii")
+
+    document = {
+        "reason": reason,
+        "stage": stage,
+        "source_topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "original_key_base64": b64(key),
+        "original_value_base64": b64(value) or "",
+        "original_headers": [[name, b64(raw)] for name, raw in headers],
+        "dead_lettered_at": now_iso(),
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def encode(event: Event) -> bytes:
+    payload = asdict(event.payload)
+    if isinstance(event.payload, Fetched):
+        payload["image_base64"] = base64.b64encode(payload.pop("image")).decode("ascii")
+    document = {
+        "event_id": event.event_id,
+        "type": event.type,
+        "version": event.version,
+        "task_id": event.task_id,
+        "occurred_at": event.occurred_at,
+        "producer": event.producer,
+        "correlation_id": event.correlation_id,
+        "payload": payload,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes | None) -> Event:
+    """Parse and validate one event; raises EventError with a reason fit for the dead-letter record."""
+    if not raw:
+        raise EventError("empty message")
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise EventError("an event must be a JSON object")
+    kind, version = document.get("type"), document.get("version")
+    validator = _validators().get((kind, version))
+    if validator is None:
+        raise EventError(f"unknown event type/version: {kind!r} v{version!r}")
+    error = next(iter(sorted(validator.iter_errors(document), key=lambda e: e.path)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise EventError(f"schema violation at {where}: {error.message[:300]}")
+    return _build(kind, document)
+
+
+def _build(kind: str, document: dict[str, Any]) -> Event:
+    payload = dict(document["payload"])
+    names = _PAYLOAD_TYPES[kind].__dataclass_fields__
+    if "rendition" in names:
+        payload["rendition"] = Rendition(**{**asdict(Rendition()), **_known(Rendition, payload.get("rendition", {}))})
+    if kind == FETCHED:
+        try:
+            payload["image"] = base64.b64decode(payload.pop("image_base64"), validate=True)
+        except ValueError as exc:
+            raise EventError(f"image_base64 is not base64: {exc}") from None
+    return Event(
+        task_id=document["task_id"],
+        payload=_PAYLOAD_TYPES[kind](**_known(_PAYLOAD_TYPES[kind], payload)),
+        producer=document.get("producer", "unknown"),
+        event_id=document["event_id"],
+        occurred_at=document.get("occurred_at") or now_iso(),
+        correlation_id=document.get("correlation_id", ""),
+        version=document["version"],
+    )
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Drop fields this version of the code does not know (additive changes keep the version)."""
+    return {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+
+
+@cache
+def _validators() -> dict[tuple[str, int], Draft202012Validator]:
+    resources = []
+    documents = {}
+    for path in sorted(SCHEMA_DIR.glob("*.json")):
+        schema = json.loads(path.read_text())
+        resources.append((schema["$id"], Resource.from_contents(schema)))
+        documents[path.name] = schema
+    registry = Registry().with_resources(resources)
+    validators = {}
+    for name, schema in documents.items():
+        event_type = schema.get("x-event-type")
+        if event_type:
+            validators[(event_type, schema["x-event-version"])] = Draft202012Validator(
+                schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER
+            )
+    return validators
+
+
+def schema_examples() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, example) for every example in the schema files, for the contract tests."""
+    out = []
+    for path in sorted(SCHEMA_DIR.glob("*.json")):
+        for example in json.loads(path.read_text()).get("examples", []):
+            out.append((path.name, example))
+    return out

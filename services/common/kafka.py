@@ -1,0 +1,131 @@
+"""Kafka edge shared by every process: an awaitable confluent-kafka producer and topic administration."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+from .events import COMPLETED, FAILED, FETCHED, REQUESTED, Event, encode
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+from .metrics import RETRY_TOPIC as RETRY
+DLQ = "thumbnail.dlq"
+PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, COMPLETED, FAILED, DLQ)
+# Events carry the source image inline (base64, +33 %), so the limit sits above fetch_max_bytes * 4/3.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+Headers = Sequence[tuple[str, bytes]]
+
+
+class PublishError(Exception):
+    """Kafka did not acknowledge a record in time (broker down or unreachable)."""
+
+
+def client_config(settings: Settings) -> dict[str, object]:
+    return {"bootstrap.servers": settings.kafka_bootstrap, "client.id": "thumbs"}
+
+
+class KafkaPublisher:
+    """Produces records and lets coroutines await Kafka's acknowledgement (acks=all, idempotent)."""
+
+    def __init__(self, settings: Settings, *, delivery_timeout_s: float = 30.0) -> None:
+        self._settings = settings
+        self._producer = Producer(
+            {
+                **client_config(settings),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,
+                "compression.type": "none",
+                "message.max.bytes": MAX_MESSAGE_BYTES,
+                "message.timeout.ms": int(delivery_timeout_s * 1000),
+                "socket.connection.setup.timeout.ms": 3000,
+            }
+        )
+        self._running = True
+        self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None) -> None:
+        """Returns once the record is acknowledged by all in-sync replicas; raises PublishError otherwise."""
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+            loop.call_soon_threadsafe(_settle, acked, err)
+
+        for _ in range(200):
+            try:
+                self._producer.produce(topic, value, key, headers=list(headers or ()), on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: let the delivery thread drain it
+                await asyncio.sleep(0.01)
+            except KafkaException as exc:
+                raise PublishError(str(exc)) from None
+        else:
+            raise PublishError("local producer queue stayed full")
+        await acked
+
+    async def publish_event(self, event: Event, headers: Headers | None = None, *, topic: str | None = None) -> None:
+        await self.publish(self._settings.topic(topic or event.type), event.key, encode(event), headers)
+
+    def reachable(self, timeout: float = 2.0) -> bool:
+        try:
+            self._producer.list_topics(timeout=timeout)
+            return True
+        except KafkaException:
+            return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.flush(timeout)
+        self._running = False
+        self._poller.join(timeout=1)
+
+
+def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(PublishError(err.str()))
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    name: str
+    partitions: int
+    created: bool
+
+
+def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[TopicReport]:
+    """Creates missing pipeline topics and sets their configs; idempotent. Existing partition counts are kept."""
+    admin = AdminClient(client_config(settings))
+    configs = {"retention.ms": str(settings.topic_retention_ms), "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    names = [settings.topic(t) for t in PIPELINE_TOPICS]
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [NewTopic(n, settings.topic_partitions, 1, config=configs) for n in names if n not in existing]
+    for name, future in (admin.create_topics(missing, request_timeout=timeout).items() if missing else []):
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()]
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n, incremental_configs=entries) for n in names]
+    for future in admin.incremental_alter_configs(resources).values():
+        future.result(timeout)
+    metadata = admin.list_topics(timeout=timeout).topics
+    created = {t.topic for t in missing}
+    return [TopicReport(n, len(metadata[n].partitions), n in created) for n in names]
+

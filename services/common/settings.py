@@ -1,0 +1,112 @@
+"""Configuration, read once from THUMBS_* environment variables into one frozen object."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+PREFIX = "THUMBS_"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SettingsError(ValueError):
+    """A THUMBS_* variable has a value that cannot be used."""
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _setting(default: Any, doc: str, cast: Callable[[str], Any] | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "cast": cast})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of every process. The environment name is THUMBS_ + the field name in upper case."""
+
+    kafka_bootstrap: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers (host:port, comma-separated).")
+    topic_prefix: str = _setting("", "Prefix for every topic and consumer group name (isolates environments and tests).")
+    topic_partitions: int = _setting(6, "Partitions per pipeline topic, created by `thumbs topics`.")
+    topic_retention_ms: int = _setting(7 * 24 * 3600 * 1000, "Retention of pipeline topics; replay works within it.")
+    cassandra_hosts: tuple[str, ...] = _setting(("127.0.0.1",), "Cassandra contact points (comma-separated).", _csv)
+    cassandra_port: int = _setting(9042, "Cassandra native-protocol port.")
+    keyspace: str = _setting("thumbs", "Cassandra keyspace.")
+    cassandra_replication: str = _setting(
+        "SimpleStrategy:1", "Keyspace replication: `SimpleStrategy:<rf>` or `NetworkTopologyStrategy:<dc>=<rf>,...`."
+    )
+    cassandra_consistency: str = _setting("LOCAL_QUORUM", "Consistency level of reads and writes.")
+    task_ttl_seconds: int = _setting(0, "TTL of task rows in seconds (0 keeps them forever).")
+    api_host: str = _setting("127.0.0.1", "Address the HTTP API and every stage's /metrics bind to.")
+    api_port: int = _setting(8080, "Port of the HTTP API (its /metrics is served there too).")
+    fetcher_metrics_port: int = _setting(9101, "Port of the fetcher's /metrics (0 turns it off).")
+    resizer_metrics_port: int = _setting(9102, "Port of the resizer's /metrics (0 turns it off).")
+    projector_metrics_port: int = _setting(9103, "Port of the projector's /metrics (0 turns it off).")
+    fetch_allow_networks: tuple[Any, ...] = _setting(
+        (), "CIDRs the fetcher may reach although they are private, loopback or link-local (comma-separated).", _networks
+    )
+    fetch_connect_timeout: float = _setting(5.0, "Seconds to open a connection to an image origin.")
+    fetch_read_timeout: float = _setting(10.0, "Longest silence (seconds) while reading an origin's response.")
+    fetch_total_timeout: float = _setting(30.0, "Seconds for a whole download, redirects included.")
+    fetch_max_bytes: int = _setting(20 * 1024 * 1024, "Largest source image in bytes (enforced while streaming).")
+    fetch_max_redirects: int = _setting(5, "Redirects followed per download.")
+    fetch_concurrency: int = _setting(64, "Downloads in flight per fetcher process.")
+    fetch_max_attempts: int = _setting(4, "Attempts for transient fetch failures (timeouts, 429, 5xx) before FAILURE.")
+    fetch_retry_base_seconds: float = _setting(1.0, "First retry delay; doubles per attempt, with jitter.")
+    max_pixels: int = _setting(50_000_000, "Largest source image in pixels, checked from the header before decoding.")
+    max_frames: int = _setting(1000, "Most frames an animated source may declare (only the first is rendered).")
+    resizer_workers: int = _setting(0, "Resize processes per resizer (0 = one per CPU core).")
+    renderer_version: int = _setting(1, "Bump to re-render every thumbnail on the next replay of thumbnail.fetched.")
+    state_dir: Path = _setting(REPO_ROOT / ".thumbs", "Folder for local server data, logs, caches and worker state.", Path)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            cast = f.metadata["cast"] or _cast_for(f.type)
+            try:
+                values[f.name] = cast(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    def group(self, stage: str) -> str:
+        return f"{self.topic_prefix}thumbs-{stage}"
+
+
+def _cast_for(type_name: Any) -> Callable[[str], Any]:
+    return {"int": int, "float": float, "bool": _bool, "str": str}[str(type_name)]
+
+
+def documented() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for the README table and `thumbs settings`."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(str(d) for d in default)
+        if isinstance(default, Path):
+            default = "<repo>/.thumbs"
+        rows.append((PREFIX + f.name.upper(), str(default), f.metadata["doc"]))
+    return rows

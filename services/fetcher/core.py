@@ -1,0 +1,88 @@
+"""Fetcher core: a thumbnail.requested event in; a fetched, a retry or a failed event out."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol
+
+from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
+from services.common.events import Event, EventError, Failed, Fetched, Outgoing, Requested
+from services.common.media import sniff
+from services.common.metrics import RETRY_TOPIC
+
+STAGE = "fetcher"
+ATTEMPT_HEADER = "thumbs-attempt"
+NOT_BEFORE_HEADER = "thumbs-not-before"  # epoch milliseconds
+
+
+class Downloaded(Protocol):
+    data: bytes
+    sha256: str
+
+
+class Source(Protocol):
+    """Where image bytes come from (the guarded HTTP downloader in production)."""
+
+    async def fetch(self, url: str) -> Downloaded: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    base_seconds: float = 1.0
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """Exponential backoff with ±50 % jitter, so a burst of failures does not retry in lockstep."""
+        return self.base_seconds * 2 ** (attempt - 1) * (0.5 + jitter)
+
+
+def attempt_of(headers: Mapping[str, bytes]) -> int:
+    try:
+        return max(1, int(headers.get(ATTEMPT_HEADER, b"1")))
+    except ValueError:
+        return 1
+
+
+async def handle_requested(
+    event: Event,
+    headers: Mapping[str, bytes],
+    source: Source,
+    policy: RetryPolicy,
+    *,
+    now: Callable[[], float] = time.time,
+    jitter: Callable[[], float] = random.random,
+) -> list[Outgoing]:
+    payload = event.payload
+    if not isinstance(payload, Requested):
+        raise EventError(f"{event.type} does not belong on the requested topic")
+    attempt = attempt_of(headers)
+    try:
+        _check_scheme(payload.source_url)
+        download = await source.fetch(payload.source_url)
+        media_type = sniff(download.data)
+    except TransientError as exc:
+        if attempt < policy.max_attempts:
+            not_before = int((now() + policy.delay(attempt, jitter())) * 1000)
+            retry_headers = ((ATTEMPT_HEADER, str(attempt + 1).encode()), (NOT_BEFORE_HEADER, str(not_before).encode()))
+            return [Outgoing(event, topic=RETRY_TOPIC, headers=retry_headers)]
+        return [_failed(event, exc, attempt, f" (gave up after {attempt} attempts)")]
+    except ThumbsError as exc:
+        return [_failed(event, exc, attempt)]
+    fetched = Fetched(
+        source_url=payload.source_url,
+        source_sha256=download.sha256,
+        media_type=media_type,
+        image=download.data,
+        rendition=payload.rendition,
+    )
+    return [Outgoing(event.follow(fetched, STAGE))]
+
+
+def _check_scheme(url: str) -> None:
+    if not url.lower().startswith(("http://", "https://")):
+        raise PermanentError(ErrorCode.INVALID_REQUEST, "source_url must be an http or https URL")
+
+
+def _failed(event: Event, error: ThumbsError, attempt: int, suffix: str = "") -> Outgoing:
+    return Outgoing(event.follow(Failed(STAGE, error.code.value, error.message + suffix, attempt), STAGE))

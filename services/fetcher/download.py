@@ -1,0 +1,128 @@
+"""Guarded HTTP downloads of source images: every hop checked, bounded in time and in size."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import hdrs
+from aiohttp.abc import AbstractResolver
+from yarl import URL
+
+from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
+from services.common.settings import Settings
+
+from .body import read_capped
+from .guard import validate_url
+from .resolver import GuardedResolver, check_literal
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "thumbs-fetcher/0.1"
+HEADERS = {
+    hdrs.USER_AGENT: USER_AGENT,
+    hdrs.ACCEPT: "image/*,*/*;q=0.5",
+    hdrs.ACCEPT_ENCODING: "identity",  # a compressed body could be a bomb; see body.py for origins that ignore this
+}
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True)
+class Download:
+    data: bytes
+    sha256: str
+    final_url: str
+
+
+class Downloader:
+    """The fetcher's `Source`: downloads over one pooled session that can only reach allowed addresses."""
+
+    def __init__(self, settings: Settings, *, resolver: AbstractResolver | None = None) -> None:
+        self._settings = settings
+        self._inner_resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+        self._resolver: GuardedResolver | None = None
+
+    async def fetch(self, url: str) -> Download:
+        """Download `url`; every failure is a PermanentError or TransientError with a stable code."""
+        try:
+            async with asyncio.timeout(self._settings.fetch_total_timeout):
+                return await self._follow(validate_url(url))
+        except ThumbsError:
+            raise
+        except TimeoutError:  # the total budget, and aiohttp's connect and read-silence timeouts
+            raise TransientError(ErrorCode.SOURCE_TIMEOUT, "origin did not deliver the image in time") from None
+        except aiohttp.InvalidURL as exc:
+            raise PermanentError(ErrorCode.INVALID_REQUEST, f"source URL is not usable: {exc}") from None
+        except aiohttp.ClientPayloadError:
+            # The body ended before its Content-Length (or chunking) said it would. A cut connection
+            # looks exactly like this, so it is worth another attempt rather than a permanent failure.
+            raise TransientError(ErrorCode.SOURCE_UNREACHABLE, "origin's response ended early") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransientError(ErrorCode.SOURCE_UNREACHABLE, f"origin not reachable ({type(exc).__name__})") from None
+        except Exception as exc:
+            # The fetcher's contract is coded errors only; log the surprise so it is not lost in a retry.
+            log.exception("unexpected error fetching %s", url)
+            raise TransientError(ErrorCode.SOURCE_UNREACHABLE, f"unexpected {type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._resolver is not None:  # the connector leaves a resolver it was handed to us
+            await self._resolver.close()
+            self._resolver = None
+
+    async def _follow(self, url: URL) -> Download:
+        session = self._session_for()
+        allow = self._settings.fetch_allow_networks
+        for _ in range(self._settings.fetch_max_redirects + 1):
+            check_literal(url, allow)
+            async with session.get(url, allow_redirects=False) as response:
+                location = response.headers.get(hdrs.LOCATION)
+                if response.status in REDIRECTS and location:
+                    url = _redirect_target(url, location)
+                    continue
+                _check_status(response.status)
+                data, sha256 = await read_capped(response, self._settings.fetch_max_bytes)
+                return Download(data, sha256, str(url))
+        raise PermanentError(
+            ErrorCode.SOURCE_TOO_MANY_REDIRECTS, f"more than {self._settings.fetch_max_redirects} redirects"
+        )
+
+    def _session_for(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running loop that will own its connections.
+        if self._session is None or self._session.closed:
+            s = self._settings
+            self._resolver = GuardedResolver(self._inner_resolver or aiohttp.ThreadedResolver(), s.fetch_allow_networks)
+            # No DNS cache: each new connection gets a fresh lookup and a fresh check. No connection
+            # limit here: the agents' concurrency already bounds downloads in flight.
+            connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False, limit=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, connect=s.fetch_connect_timeout, sock_read=s.fetch_read_timeout),
+                headers=HEADERS,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every user: no cookies carried between them
+                trust_env=False,  # a proxy from the environment would dial for us, past the guard
+            )
+        return self._session
+
+
+def _redirect_target(current: URL, location: str) -> URL:
+    """The next hop, held to the same rules as a submitted URL (the address is checked when dialled)."""
+    try:
+        return validate_url(str(current.join(URL(location))))
+    except (ValueError, PermanentError) as exc:
+        reason = exc.message if isinstance(exc, PermanentError) else str(exc)
+        raise PermanentError(ErrorCode.SOURCE_BAD_REDIRECT, f"origin redirected to an unusable URL: {reason}") from None
+
+
+def _check_status(status: int) -> None:
+    if 200 <= status < 300:
+        return
+    message = f"origin answered HTTP {status}"
+    if status == 429 or status >= 500:
+        raise TransientError(ErrorCode.SOURCE_HTTP_ERROR, message)
+    raise PermanentError(ErrorCode.SOURCE_HTTP_ERROR, message)

@@ -1,0 +1,38 @@
+"""Projector core: any pipeline event in; the task row update it implies out."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+from services.common.events import Completed, Event, Failed, Fetched, Requested
+from services.common.repositories import TaskUpdate
+from services.common.status import Status
+
+
+def project(event: Event) -> TaskUpdate:
+    payload = event.payload
+    at = event.occurred_at_micros
+    moment = datetime.fromtimestamp(at / 1e6, timezone.utc)
+    if isinstance(payload, Requested):
+        columns = {"source_url": payload.source_url, "rendition": json.dumps(asdict(payload.rendition)), "created_at": moment}
+        return TaskUpdate(event.task_id, Status.PENDING, at, columns)
+    if isinstance(payload, Fetched):
+        return TaskUpdate(event.task_id, Status.FETCHED, at, {"source_sha256": payload.source_sha256, "fetched_at": moment})
+    if isinstance(payload, Completed):
+        columns = {
+            "source_sha256": payload.source_sha256,
+            "rendition_key": payload.rendition.key(payload.renderer_version),
+            "content_type": payload.content_type,
+            "width": payload.width,
+            "height": payload.height,
+            "size_bytes": payload.size_bytes,
+            "deduplicated": payload.deduplicated,
+            "error_code": None,
+            "error_message": None,
+            "completed_at": moment,
+        }
+        return TaskUpdate(event.task_id, Status.SUCCESS, at, columns)
+    assert isinstance(payload, Failed)
+    columns = {"error_code": payload.code, "error_message": payload.message, "completed_at": moment}
+    return TaskUpdate(event.task_id, Status.FAILURE, at, columns)

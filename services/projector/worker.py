@@ -1,0 +1,37 @@
+"""Projector process: a Faust agent on every pipeline topic, materialising task rows in Cassandra."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import faust
+
+from services.common import metrics, stage
+from services.common.cassandra import connect
+from services.common.events import COMPLETED, FAILED, FETCHED, REQUESTED, Event, Outgoing
+from services.common.kafka import KafkaPublisher
+from services.common.repositories import TaskRepository
+from services.common.settings import Settings
+
+from .core import project
+
+STAGE = "projector"
+
+
+def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = None) -> faust.App:
+    app = stage.build_app(settings, STAGE)
+    tasks = TaskRepository(connect(settings), settings.keyspace, settings.task_ttl_seconds)
+
+    async def handle(event: Event, _headers: Mapping[str, bytes]) -> list[Outgoing]:
+        await tasks.apply(project(event))
+        return []
+
+    # The publisher only carries dead letters here.
+    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle)
+    topics = [settings.topic(t) for t in (REQUESTED, FETCHED, COMPLETED, FAILED)]
+    stage.attach(app, runner, topics, concurrency=16)
+    return app
+
+
+def main(settings: Settings) -> None:
+    metrics.serve(settings.api_host, settings.projector_metrics_port)
+    stage.run(build_projector(settings))

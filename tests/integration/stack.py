@@ -1,0 +1,176 @@
+"""Helpers for integration tests: isolated settings, a loopback image server, and the real processes."""
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from services.common.settings import PREFIX, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def isolated_env(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp: Path, **extra: str) -> dict[str, str]:
+    """THUMBS_* variables for one isolated environment: its own topics, groups, keyspace and ports."""
+    name = "t" + uuid.uuid4().hex[:10]
+    hosts, port = cassandra_contact
+    env = {
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TOPIC_PREFIX": f"{name}.",
+        "TOPIC_PARTITIONS": "3",
+        "CASSANDRA_HOSTS": ",".join(hosts),
+        "CASSANDRA_PORT": str(port),
+        "KEYSPACE": name,
+        "API_PORT": str(free_port()),
+        "FETCHER_METRICS_PORT": str(free_port()),
+        "RESIZER_METRICS_PORT": str(free_port()),
+        "PROJECTOR_METRICS_PORT": str(free_port()),
+        "FETCH_ALLOW_NETWORKS": "127.0.0.2/32",  # images are served on 127.0.0.2 only
+        "STATE_DIR": str(tmp),
+        **extra,
+    }
+    return {PREFIX + key: value for key, value in env.items()}
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings.from_env(env)
+
+
+class ImageServer:
+    """Serves in-memory bodies on a loopback address; `routes[path] = (status, headers, body)`."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?")[0]
+                server.hits[path] = server.hits.get(path, 0) + 1
+                status, headers, body = server.routes.get(path, (404, {}, b"not found"))
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self._httpd.daemon_threads = True
+        self.base = f"http://{host}:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def add(self, path: str, body: bytes, content_type: str = "image/jpeg", status: int = 200) -> str:
+        self.routes[path] = (status, {"Content-Type": content_type}, body)
+        return self.base + path
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@dataclass
+class Stack:
+    """The API and the stages as real processes, the way `thumbs run` starts them."""
+
+    env: dict[str, str]
+    names: tuple[str, ...] = ("api", "fetcher", "resizer", "projector")
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return settings_of(self.env)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    def start(self, *names: str) -> None:
+        log_dir = self.settings.state_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for name in names or self.names:
+            log = open(log_dir / f"{name}.log", "ab")
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", name], env={**os.environ, **self.env},
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def stop(self, *names: str, kill: bool = False) -> None:
+        for name in names or tuple(self.processes):
+            process = self.processes.pop(name, None)
+            if process is None:
+                continue
+            process.kill() if kill else process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.settings.state_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        wait_for(lambda: _answers(self.api + "/ready"), timeout, lambda: "API not ready:\n" + self.log_tail("api"))
+
+    def metric(self, stage: str, name: str) -> float:
+        port = {"api": self.settings.api_port, "fetcher": self.settings.fetcher_metrics_port,
+                "resizer": self.settings.resizer_metrics_port, "projector": self.settings.projector_metrics_port}[stage]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                label_part = line[len(name):]
+                if label_part.startswith(("{", " ")):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, describe: Callable[[], str], interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s: {describe()}")
+
+
+def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> dict:
+    """Polls GET /thumbnail until the task is SUCCESS or FAILURE; fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < deadline:
+        response = client.get("/thumbnail", params={"task_id": task_id})
+        assert response.status_code in (200, 202), response.text
+        last = response.json()
+        if last["status"] in ("SUCCESS", "FAILURE"):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} not terminal after {timeout}s: {last}")

@@ -1,0 +1,199 @@
+"""End to end through real processes, a real Kafka broker and a real Cassandra node."""
+from __future__ import annotations
+
+import base64
+import io
+import random
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from services.common.cassandra import migrate
+from services.common.kafka import ensure_topics
+
+from .stack import ImageServer, Stack, isolated_env, poll_terminal, settings_of
+
+
+def photo(width: int, height: int, seed: int) -> bytes:
+    """A small photo-like JPEG: shapes, blur and grain, distinct per seed."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        box = sorted(rng.randrange(width) for _ in range(2)), sorted(rng.randrange(height) for _ in range(2))
+        draw.ellipse((box[0][0], box[1][0], box[0][1], box[1][1]), fill=tuple(rng.randrange(256) for _ in range(3)))
+    image = image.filter(ImageFilter.GaussianBlur(3))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = isolated_env(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("stack"))
+    settings = settings_of(env)
+    ensure_topics(settings)
+    migrate(settings)
+    stack = Stack(env)
+    stack.start()
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator[ImageServer]:
+    server = ImageServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api, timeout=10) as http:
+        yield http
+
+
+def test_post_poll_success_file_and_etag(client: httpx.Client, images: ImageServer) -> None:
+    url = images.add("/e2e/photo.jpg", photo(640, 480, seed=1))
+    response = client.post("/thumbnail", json={"source_url": url})
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    body = poll_terminal(client, task_id, timeout=120)
+    assert body["status"] == "SUCCESS", body
+    data = base64.b64decode(body["base64_thumbnail_data"])
+    thumbnail = Image.open(io.BytesIO(data))
+    assert thumbnail.format == "JPEG" and thumbnail.size == (100, 75)  # 640x480 keeps 4:3 within 100x100
+    assert (body["width"], body["height"], body["content_type"]) == (100, 75, "image/jpeg")
+    served = client.get("/thumbnail/file", params={"task_id": task_id})
+    assert served.status_code == 200 and served.content == data
+    assert served.headers["content-type"] == "image/jpeg"
+    cached = client.get("/thumbnail/file", params={"task_id": task_id}, headers={"If-None-Match": served.headers["etag"]})
+    assert cached.status_code == 304
+
+
+def test_rendition_from_the_post_body(client: httpx.Client, images: ImageServer) -> None:
+    url = images.add("/e2e/wide.jpg", photo(800, 200, seed=2))
+    task_id = client.post("/thumbnail", json={"source_url": url, "width": 200, "height": 200, "format": "png"}).json()["task_id"]
+    body = poll_terminal(client, task_id)
+    assert body["status"] == "SUCCESS", body
+    image = Image.open(io.BytesIO(base64.b64decode(body["base64_thumbnail_data"])))
+    assert image.format == "PNG" and image.size == (200, 50)
+
+
+def test_same_content_under_50_urls_is_resized_once(client: httpx.Client, images: ImageServer, stack: Stack) -> None:
+    data = photo(400, 300, seed=3)
+    resizes_before = stack.metric("resizer", "thumbs_resizes_total")
+    hits_before = stack.metric("resizer", "thumbs_dedupe_hits_total")
+    task_ids = [
+        client.post("/thumbnail", json={"source_url": images.add(f"/dedupe/{n}.jpg", data)}).json()["task_id"]
+        for n in range(50)
+    ]
+    results = [poll_terminal(client, task_id) for task_id in task_ids]
+    assert [r["status"] for r in results] == ["SUCCESS"] * 50
+    assert len({r["base64_thumbnail_data"] for r in results}) == 1
+    assert stack.metric("resizer", "thumbs_resizes_total") - resizes_before == 1
+    assert stack.metric("resizer", "thumbs_dedupe_hits_total") - hits_before == 49
+
+
+def test_get_right_after_post_never_answers_404(client: httpx.Client, images: ImageServer) -> None:
+    url = images.add("/ryw/a.jpg", photo(120, 90, seed=4))
+    for _ in range(200):
+        task_id = client.post("/thumbnail", json={"source_url": url}).json()["task_id"]
+        response = client.get("/thumbnail", params={"task_id": task_id})
+        assert response.status_code in (200, 202), response.text
+
+
+def test_origin_404_ends_in_failure_with_code(client: httpx.Client, images: ImageServer) -> None:
+    task_id = client.post("/thumbnail", json={"source_url": images.base + "/missing.jpg"}).json()["task_id"]
+    body = poll_terminal(client, task_id)
+    assert body["status"] == "FAILURE" and body["error"]["code"] == "SOURCE_HTTP_ERROR", body
+    failed_file = client.get("/thumbnail/file", params={"task_id": task_id})
+    assert failed_file.status_code == 422 and failed_file.json()["error"]["code"] == "SOURCE_HTTP_ERROR"
+
+
+def test_loopback_outside_the_allow_list_is_refused(client: httpx.Client, images: ImageServer) -> None:
+    images.add("/ssrf/ok.jpg", photo(50, 50, seed=5))
+    port = images.base.rsplit(":", 1)[1]
+    task_id = client.post("/thumbnail", json={"source_url": f"http://127.0.0.1:{port}/ssrf/ok.jpg"}).json()["task_id"]
+    body = poll_terminal(client, task_id)
+    assert body["status"] == "FAILURE" and body["error"]["code"] == "SOURCE_FORBIDDEN_ADDRESS", body
+
+
+def test_every_stage_serves_metrics(stack: Stack) -> None:
+    assert stack.metric("fetcher", "thumbs_events_in_total") > 0
+    assert stack.metric("projector", "thumbs_events_in_total") > 0
+    assert stack.metric("api", "thumbs_http_requests_total") > 0
+
+
+def _dead_letters(stack: Stack, expected: set[tuple[str, str]], timeout: float = 60.0) -> dict[tuple[str, str], dict]:
+    import json
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({
+        "bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"dlq-check-{uuid.uuid4()}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+    })
+    consumer.subscribe([stack.settings.topic("thumbnail.dlq")])
+    found: dict[tuple[str, str], dict] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not expected <= set(found):
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            record = json.loads(message.value())
+            found[(record["stage"], record["source_topic"])] = record
+    finally:
+        consumer.close()
+    return found
+
+
+def test_poison_records_go_to_the_dead_letter_topic_and_stages_keep_serving(
+    client: httpx.Client, images: ImageServer, stack: Stack
+) -> None:
+    import asyncio
+
+    from services.common.kafka import KafkaPublisher
+
+    settings = stack.settings
+    publisher = KafkaPublisher(settings)
+    poison = {
+        "thumbnail.requested": b"this is not json",
+        "thumbnail.requested.retry": b'{"type": "thumbnail.requested", "version": 99}',
+        "thumbnail.fetched": b'{"type": "thumbnail.fetched", "version": 1, "payload": {}}',
+        "thumbnail.completed": b"\xff\xfe\x00",
+        "thumbnail.failed": b"[]",
+    }
+
+    async def produce() -> None:
+        for topic, value in poison.items():
+            await publisher.publish(settings.topic(topic), b"poison", value, [("origin", b"test")])
+
+    asyncio.run(produce())
+    publisher.close()
+    expected = {
+        ("fetcher", settings.topic("thumbnail.requested")), ("projector", settings.topic("thumbnail.requested")),
+        ("fetcher", settings.topic("thumbnail.requested.retry")), ("resizer", settings.topic("thumbnail.fetched")),
+        ("projector", settings.topic("thumbnail.fetched")), ("projector", settings.topic("thumbnail.completed")),
+        ("projector", settings.topic("thumbnail.failed")),
+    }
+    found = _dead_letters(stack, expected)
+    assert expected <= set(found), sorted(found)
+    record = found[("fetcher", settings.topic("thumbnail.requested"))]
+    assert base64.b64decode(record["original_value_base64"]) == b"this is not json"
+    assert record["original_headers"] == [["origin", base64.b64encode(b"test").decode()]]
+    assert "not JSON" in record["reason"] and record["offset"] >= 0
+    # and the stages still serve
+    url = images.add("/after-poison.jpg", photo(300, 200, seed=6))
+    task_id = client.post("/thumbnail", json={"source_url": url}).json()["task_id"]
+    assert poll_terminal(client, task_id)["status"] == "SUCCESS"
+    assert stack.metric("fetcher", "thumbs_dead_letters_total") >= 2

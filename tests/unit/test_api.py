@@ -1,0 +1,154 @@
+"""The HTTP contract, with in-memory ports (the same routes run against real servers in tests/integration)."""
+import base64
+import uuid
+
+import pytest
+from starlette.testclient import TestClient
+
+from services.api.app import create_app
+from services.common.events import Completed, Event, Failed, Fetched, Rendition
+from services.common.repositories import StoredThumbnail
+from services.common.settings import Settings
+from services.projector.core import project
+from tests.fakes import FakePublisher, FakeTasks, FakeThumbnails
+
+SHA = "12" * 32
+
+
+@pytest.fixture
+def ports() -> tuple[FakePublisher, FakeTasks, FakeThumbnails]:
+    return FakePublisher(), FakeTasks(), FakeThumbnails()
+
+
+@pytest.fixture
+def client(ports: tuple[FakePublisher, FakeTasks, FakeThumbnails]) -> TestClient:
+    publisher, tasks, thumbnails = ports
+    app = create_app(Settings(), publisher=publisher, tasks=tasks, thumbnails=thumbnails)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_post_publishes_and_answers_202_with_location(client: TestClient, ports) -> None:
+    response = client.post("/thumbnail", json={"source_url": "http://127.0.0.1:8000/a.jpg"})
+    assert response.status_code == 202
+    task_id = response.json()["task_id"]
+    assert uuid.UUID(task_id) and response.headers["location"] == f"/thumbnail?task_id={task_id}"
+    [event] = ports[0].events
+    assert event.task_id == task_id and event.payload.rendition == Rendition()
+    follow = client.get(response.headers["location"])
+    assert follow.status_code == 202 and follow.json()["status"] == "PENDING"
+
+
+def test_post_accepts_a_rendition(client: TestClient, ports) -> None:
+    body = {"source_url": "https://127.0.0.1/a.jpg", "width": 300, "height": 200, "format": "webp", "quality": 60}
+    assert client.post("/thumbnail", json=body).status_code == 202
+    assert ports[0].events[0].payload.rendition == Rendition(300, 200, "webp", 60)
+
+
+@pytest.mark.parametrize(
+    "kwargs,status,code",
+    [
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "INVALID_JSON"),
+        ({"content": b"source_url=x", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ({"json": {}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": ""}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": 42}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": ["http://a/"]}}, 422, "INVALID_REQUEST"),
+        ({"json": ["http://a/"]}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "ftp://127.0.0.1/a.jpg"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "file:///etc/passwd"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "javascript:alert(1)"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http:///nohost"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/" + "x" * 2048}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/", "width": 0}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/", "height": 1025}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/", "width": 10.5}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/", "width": True}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/", "format": "gif"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/", "quality": 100}}, 422, "INVALID_REQUEST"),
+        ({"content": b'{"source_url":"' + b"a" * 17000 + b'"}', "headers": {"content-type": "application/json"}}, 413, "BODY_TOO_LARGE"),
+    ],
+)
+def test_bad_requests_get_json_errors(client: TestClient, ports, kwargs: dict, status: int, code: str) -> None:
+    response = client.post("/thumbnail", **kwargs)
+    assert response.status_code == status
+    body = response.json()
+    assert body["error"]["code"] == code and body["message"] == body["error"]["message"]
+    assert ports[0].events == []
+
+
+def test_kafka_down_answers_503_with_retry_after(client: TestClient, ports) -> None:
+    ports[0].down = True
+    response = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "UNAVAILABLE"
+
+
+@pytest.mark.parametrize("query,status", [("", 400), ("?task_id=nope", 400), (f"?task_id={uuid.uuid4()}", 404)])
+def test_status_of_unknown_or_malformed_ids(client: TestClient, query: str, status: int) -> None:
+    assert client.get("/thumbnail" + query).status_code == status
+    assert client.get("/thumbnail/file" + query).status_code == status
+
+
+async def _complete(ports, task_id: str) -> None:
+    _, tasks, thumbnails = ports
+    thumbnails.rows[(SHA, Rendition().key(1))] = StoredThumbnail("image/jpeg", 100, 60, 4, b"\xff\xd8ok")
+    await tasks.apply(project(Event(task_id, Fetched("http://a/", SHA, "image/jpeg", b""), "fetcher")))
+    await tasks.apply(project(Event(task_id, Completed(SHA, Rendition(), 1, "image/jpeg", 100, 60, 4, False), "resizer")))
+
+
+async def test_success_status_file_etag_and_304(client: TestClient, ports) -> None:
+    task_id = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    await _complete(ports, task_id)
+    body = client.get(f"/thumbnail?task_id={task_id}").json()
+    assert body["status"] == "SUCCESS" and body["message"] == "ok"
+    assert base64.b64decode(body["base64_thumbnail_data"]) == b"\xff\xd8ok"
+    assert (body["width"], body["height"], body["content_type"], body["source_sha256"]) == (100, 60, "image/jpeg", SHA)
+    response = client.get(f"/thumbnail/file?task_id={task_id}")
+    assert response.status_code == 200 and response.content == b"\xff\xd8ok"
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    etag = response.headers["etag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    again = client.get(f"/thumbnail/file?task_id={task_id}", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+
+
+async def test_failure_is_200_on_status_and_422_on_file(client: TestClient, ports) -> None:
+    task_id = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    await ports[1].apply(project(Event(task_id, Failed("fetcher", "SOURCE_HTTP_ERROR", "origin answered HTTP 404"), "fetcher")))
+    body = client.get(f"/thumbnail?task_id={task_id}").json()
+    assert body["status"] == "FAILURE" and body["error"] == {"code": "SOURCE_HTTP_ERROR", "message": "origin answered HTTP 404"}
+    response = client.get(f"/thumbnail/file?task_id={task_id}")
+    assert response.status_code == 422 and response.json()["error"]["code"] == "SOURCE_HTTP_ERROR"
+
+
+def test_in_flight_file_answers_202_with_retry_after(client: TestClient) -> None:
+    task_id = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    response = client.get(f"/thumbnail/file?task_id={task_id}")
+    assert response.status_code == 202 and response.headers["retry-after"] == "1"
+
+
+def test_store_down_answers_503(client: TestClient, ports) -> None:
+    ports[1].down = True
+    assert client.get(f"/thumbnail?task_id={uuid.uuid4()}").status_code == 503
+
+
+def test_health_ready_metrics_docs(client: TestClient, ports) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").status_code == 200
+    ports[0].down = True
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["checks"] == {"kafka": "down", "cassandra": "ok"}
+    client.get("/health")
+    metrics = client.get("/metrics").text
+    assert 'thumbs_http_requests_total{method="GET",route="/health",status="200"}' in metrics
+    assert "swagger-ui-bundle.js" in client.get("/docs").text
+    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert set(spec["paths"]) >= {"/thumbnail", "/thumbnail/file", "/health", "/ready", "/metrics"}
+
+
+def test_unknown_route_is_a_json_404(client: TestClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "NOT_FOUND"

@@ -1,0 +1,89 @@
+"""The code's events and the published schemas cannot drift."""
+import base64
+import json
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+
+from services.common.events import (
+    SCHEMA_DIR, Completed, Event, EventError, Failed, Fetched, Rendition, Requested, decode, encode,
+    encode_dead_letter, schema_examples,
+)
+
+TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"
+SHA = "ef" * 32
+
+
+def _registry() -> Registry:
+    schemas = [json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.json")]
+    return Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas)
+
+
+def _schema(name: str) -> dict:
+    return json.loads((SCHEMA_DIR / name).read_text())
+
+
+PRODUCED = [
+    Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api"),
+    Event(TASK, Requested("https://example.test/b.png", Rendition(300, 200, "webp", 70)), "api"),
+    Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"\xff\xd8\xff"), "fetcher"),
+    Event(TASK, Completed(SHA, Rendition(), 1, "image/jpeg", 100, 75, 3000, True), "resizer"),
+    Event(TASK, Failed("fetcher", "SOURCE_TIMEOUT", "slow", 4), "fetcher"),
+]
+
+
+@pytest.mark.parametrize("event", PRODUCED, ids=lambda e: e.type)
+def test_every_produced_event_validates_against_its_schema_file(event: Event) -> None:
+    document = json.loads(encode(event))
+    jsonschema.Draft202012Validator(_schema(f"{event.type}.v1.json"), registry=_registry()).validate(document)
+    assert decode(encode(event)) == event
+
+
+@pytest.mark.parametrize("name,example", schema_examples(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_schema_example_parses_through_the_code(name: str, example: dict) -> None:
+    raw = json.dumps(example).encode()
+    if name == "thumbnail.dlq.v1.json":
+        jsonschema.Draft202012Validator(_schema(name)).validate(example)
+        return
+    event = decode(raw)
+    assert event.type == example["type"] and event.task_id == example["task_id"]
+
+
+def test_dead_letter_record_validates_against_its_schema() -> None:
+    record = encode_dead_letter(reason="not JSON", stage="fetcher", topic="thumbnail.requested", partition=1,
+                                offset=9, key=None, value=b"garbage", headers=[("h", b"v"), ("n", None)])
+    document = json.loads(record)
+    jsonschema.Draft202012Validator(_schema("thumbnail.dlq.v1.json")).validate(document)
+    assert base64.b64decode(document["original_value_base64"]) == b"garbage"
+
+
+def test_minimal_external_request_gets_defaults_and_extra_fields_are_ignored() -> None:
+    raw = json.dumps({
+        "event_id": "0b6d3f5e-2f1a-4c1e-9a57-8c1f0d6a9e01", "type": "thumbnail.requested", "version": 1,
+        "task_id": TASK, "payload": {"source_url": "http://127.0.0.1/x.jpg", "colour": "blue"}, "extra": 1,
+    }).encode()
+    event = decode(raw)
+    assert event.payload == Requested("http://127.0.0.1/x.jpg", Rendition(100, 100, "jpeg", 85))
+
+
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"", "empty"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1,2]", "JSON object"),
+        (b'{"type":"thumbnail.requested","version":2}', "unknown event type/version"),
+        (b'{"type":"thumbnail.exploded","version":1}', "unknown event type/version"),
+        (json.dumps({"event_id": "x", "type": "thumbnail.requested", "version": 1, "task_id": TASK,
+                     "payload": {"source_url": "http://a/"}}).encode(), "event_id"),
+        (json.dumps({"event_id": "0b6d3f5e-2f1a-4c1e-9a57-8c1f0d6a9e01", "type": "thumbnail.requested", "version": 1,
+                     "task_id": TASK, "payload": {"source_url": "http://a/", "rendition": {"width": 0}}}).encode(), "width"),
+        (json.dumps({"event_id": "0b6d3f5e-2f1a-4c1e-9a57-8c1f0d6a9e01", "type": "thumbnail.fetched", "version": 1,
+                     "task_id": TASK, "payload": {"source_url": "http://a/", "source_sha256": SHA,
+                                                  "media_type": "image/png", "image_base64": "!!!"}}).encode(), "base64"),
+    ],
+)
+def test_invalid_events_are_rejected_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(EventError, match=reason):
+        decode(raw)
