@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
@@ -17,7 +17,7 @@ FULLHD = (1920, 1080)
 TWELVE_MP = (4000, 3000)
 
 
-def photo(size: tuple[int, int], rng: random.Random, grain: float = 10.0) -> Image.Image:
+def photo(size: tuple[int, int], rng: random.Random, grain: float = 6.0) -> Image.Image:
     """An RGB picture with photo-like statistics: soft shapes, smooth colour ramps and sensor noise."""
     small = (max(1, size[0] // 8), max(1, size[1] // 8))
     # Three differently rotated ramps as channels give smooth, varied colour across the frame.

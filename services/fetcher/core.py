@@ -17,8 +17,11 @@ NOT_BEFORE_HEADER = "thumbs-not-before"  # epoch milliseconds
 
 
 class Downloaded(Protocol):
-    data: bytes
-    sha256: str
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def sha256(self) -> str: ...
 
 
 class Source(Protocol):

@@ -70,7 +70,7 @@ class Downloader:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._resolver is not None:  # the connector leaves a resolver it was handed to us
+        if self._resolver is not None:  # a connector does not close a resolver it was given
             await self._resolver.close()
             self._resolver = None
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import struct
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from io import BytesIO
-from typing import Iterator
 
 from PIL import Image, ImageCms
 

@@ -57,6 +57,7 @@ class ImageServer:
 
     def __init__(self, host: str = "127.0.0.2") -> None:
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.behaviours: dict[str, Callable[[http.server.BaseHTTPRequestHandler], None]] = {}
         self.hits: dict[str, int] = {}
         server = self
 
@@ -64,6 +65,9 @@ class ImageServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?")[0]
                 server.hits[path] = server.hits.get(path, 0) + 1
+                if path in server.behaviours:
+                    server.behaviours[path](self)
+                    return
                 status, headers, body = server.routes.get(path, (404, {}, b"not found"))
                 self.send_response(status)
                 for name, value in {"Content-Length": str(len(body)), **headers}.items():
@@ -81,6 +85,15 @@ class ImageServer:
 
     def add(self, path: str, body: bytes, content_type: str = "image/jpeg", status: int = 200) -> str:
         self.routes[path] = (status, {"Content-Type": content_type}, body)
+        return self.base + path
+
+    def redirect(self, path: str, location: str, status: int = 302) -> str:
+        self.routes[path] = (status, {"Location": location}, b"")
+        return self.base + path
+
+    def behave(self, path: str, behaviour: Callable[[http.server.BaseHTTPRequestHandler], None]) -> str:
+        """Serves `path` with a hand-written response (slow, lying or endless origins)."""
+        self.behaviours[path] = behaviour
         return self.base + path
 
     def close(self) -> None:

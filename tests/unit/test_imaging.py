@@ -1,7 +1,7 @@
 import time
 import warnings
+from collections.abc import Callable
 from io import BytesIO
-from typing import Callable
 
 import pytest
 from PIL import Image, ImageChops, ImageFile, ImageOps, ImageStat
@@ -10,17 +10,25 @@ from services.common.errors import ErrorCode, PermanentError
 from services.common.events import Rendition
 from services.resizer.imaging import Thumbnail, make_thumbnail
 from tests.unit.samples import (
-    cmyk_profile, encode, gif_fragmented, gif_frames, gradient, jpeg_declaring, png_declaring, png_rgb16,
+    cmyk_profile,
+    encode,
+    gif_fragmented,
+    gif_frames,
+    gradient,
+    jpeg_declaring,
+    png_declaring,
+    png_rgb16,
 )
 
 MAX_PIXELS = 50_000_000
 MAX_FRAMES = 1000
+JPEG_100 = Rendition()
 
 
-def thumb(data: bytes, rendition: Rendition = Rendition(), **limits: int) -> tuple[Thumbnail, Image.Image]:
-    result = make_thumbnail(
-        data, rendition, max_pixels=limits.get("max_pixels", MAX_PIXELS), max_frames=limits.get("max_frames", MAX_FRAMES)
-    )
+def thumb(
+    data: bytes, rendition: Rendition = JPEG_100, *, max_pixels: int = MAX_PIXELS, max_frames: int = MAX_FRAMES
+) -> tuple[Thumbnail, Image.Image]:
+    result = make_thumbnail(data, rendition, max_pixels=max_pixels, max_frames=max_frames)
     decoded = Image.open(BytesIO(result.data))
     decoded.load()
     assert decoded.size == (result.width, result.height)
@@ -28,9 +36,9 @@ def thumb(data: bytes, rendition: Rendition = Rendition(), **limits: int) -> tup
     return result, decoded
 
 
-def fails(code: ErrorCode, data: bytes, **limits: int) -> PermanentError:
+def fails(code: ErrorCode, data: bytes, *, max_pixels: int = MAX_PIXELS, max_frames: int = MAX_FRAMES) -> PermanentError:
     with pytest.raises(PermanentError) as caught:
-        thumb(data, **limits)
+        thumb(data, max_pixels=max_pixels, max_frames=max_frames)
     assert caught.value.code is code, caught.value
     return caught.value
 
