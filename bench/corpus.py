@@ -41,8 +41,7 @@ def photo(size: tuple[int, int], rng: random.Random, grain: float = 6.0) -> Imag
         x, y = rng.randrange(size[0]), rng.randrange(size[1])
         draw.line((x, y, x + rng.randrange(-200, 200), y + rng.randrange(-200, 200)),
                   fill=tuple(rng.randrange(256) for _ in range(3)), width=rng.randrange(1, 4))
-    # effect_noise draws from the C library's generator; we seed nothing there, so derive the grain from
-    # our own seed by cropping a rng-chosen window of a slightly larger noise field: deterministic per seed.
+    # Grain comes from our seeded generator (Image.effect_noise cannot be seeded), so bytes repeat per seed.
     noise = _grain(size, rng, grain)
     return ImageChops.add(base, Image.merge("RGB", (noise, noise.transpose(Image.Transpose.ROTATE_180), noise)), 1.0, -128)
 
