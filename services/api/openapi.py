@@ -125,7 +125,8 @@ def openapi_spec() -> dict[str, Any]:
                     "required": ["source_url"],
                     "properties": {
                         "source_url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH,
-                                       "example": "http://127.0.0.1:8000/cat.jpg"},
+                                       "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s]+",
+                                       "example": "http://127.0.0.2:8000/cat.jpg"},
                         "width": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
                         "height": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
                         "format": {"type": "string", "enum": list(FORMATS), "default": "jpeg"},
