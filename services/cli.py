@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from services.common.settings import Settings, SettingsError, documented
+from services.replay import commands as replay
 
 
 def _api(settings: Settings) -> int:
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thumbs", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, handler) in COMMANDS.items():
-        commands.add_parser(name, help=help_text).set_defaults(handler=handler)
+        commands.add_parser(name, help=help_text).set_defaults(handler=handler, with_args=False)
+    replay.register(commands)
     try:
         from services.devservers.commands import register
     except ModuleNotFoundError:  # pragma: no cover - devservers not yet present
@@ -89,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"thumbs: {exc}", file=sys.stderr)
         return 2
-    return int(args.handler(settings) or 0)
+    # Commands with options of their own (replay's modes) take the parsed arguments too.
+    result = args.handler(settings, args) if getattr(args, "with_args", False) else args.handler(settings)
+    return int(result or 0)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import multiprocessing
 import os
+import signal
+import sys
 from contextlib import asynccontextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,13 +32,25 @@ def render_in_worker(data: bytes, rendition: Rendition, max_pixels: int, max_fra
     return StoredThumbnail(thumbnail.content_type, thumbnail.width, thumbnail.height, len(thumbnail.data), thumbnail.data)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to end this worker when the resizer dies, even by SIGKILL: no orphans keep its ports."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class ProcessRenderer:
     """Renders in worker processes, so decoding never blocks the event loop and every core is used."""
 
     def __init__(self, settings: Settings) -> None:
-        self._workers = settings.resizer_workers or os.cpu_count() or 1
+        self._workers = settings.resizer_workers or len(os.sched_getaffinity(0))
         self._limits = (settings.max_pixels, settings.max_frames)
-        self._pool = ProcessPoolExecutor(self._workers)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # Spawned, not forked: this process runs Kafka and Cassandra client threads and a metrics socket
+        # that a forked child would inherit in whatever state they were in.
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent)
 
     @property
     def workers(self) -> int:
@@ -46,7 +62,7 @@ class ProcessRenderer:
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
         except BrokenProcessPool:
             # A decoder crashed its process: fail this image, replace the pool, keep the stage serving.
-            self._pool = ProcessPoolExecutor(self._workers)
+            self._pool = self._new_pool()
             raise PermanentError(ErrorCode.IMAGE_CORRUPT, "the image crashed the decoder") from None
 
 
