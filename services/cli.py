@@ -7,10 +7,11 @@ import sys
 from typing import Callable
 
 from services.common.settings import Settings, SettingsError, documented
+from services.devservers import commands as servers
 from services.replay import commands as replay
 
 
-def _api(settings: Settings) -> int:
+def _api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from services.api.app import create_app
@@ -19,8 +20,8 @@ def _api(settings: Settings) -> int:
     return 0
 
 
-def _stage(name: str) -> Callable[[Settings], int]:
-    def run(settings: Settings) -> int:
+def _stage(name: str) -> Callable[[Settings, argparse.Namespace], int]:
+    def run(settings: Settings, _args: argparse.Namespace) -> int:
         module = __import__(f"services.{name}.worker", fromlist=["main"])
         module.main(settings)
         return 0
@@ -28,7 +29,7 @@ def _stage(name: str) -> Callable[[Settings], int]:
     return run
 
 
-def _topics(settings: Settings) -> int:
+def _topics(settings: Settings, _args: argparse.Namespace) -> int:
     from services.common.kafka import ensure_topics
 
     for topic in ensure_topics(settings):
@@ -36,7 +37,7 @@ def _topics(settings: Settings) -> int:
     return 0
 
 
-def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     from services.common.cassandra import migrate
 
     migrate(settings)
@@ -44,13 +45,13 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, _args: argparse.Namespace) -> int:
     from services.supervisor import run_all
 
     return run_all(settings)
 
 
-def _settings(_settings: Settings) -> int:
+def _settings(_settings: Settings, _args: argparse.Namespace) -> int:
     for name, default, doc in documented():
         print(f"{name}={default}\n    {doc}")
     return 0
@@ -72,14 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thumbs", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, handler) in COMMANDS.items():
-        commands.add_parser(name, help=help_text).set_defaults(handler=handler, with_args=False)
+        commands.add_parser(name, help=help_text).set_defaults(handler=handler)
     replay.register(commands)
-    try:
-        from services.devservers.commands import register
-    except ModuleNotFoundError:  # pragma: no cover - devservers not yet present
-        register = None
-    if register:
-        register(commands)
+    servers.register(commands)
     return parser
 
 
@@ -91,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"thumbs: {exc}", file=sys.stderr)
         return 2
-    # Commands with options of their own (replay's modes) take the parsed arguments too.
-    result = args.handler(settings, args) if getattr(args, "with_args", False) else args.handler(settings)
-    return int(result or 0)
+    return int(args.handler(settings, args) or 0)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
@@ -125,7 +126,17 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[TopicRep
     resources = [ConfigResource(ConfigResource.Type.TOPIC, n, incremental_configs=entries) for n in names]
     for future in admin.incremental_alter_configs(resources).values():
         future.result(timeout)
-    metadata = admin.list_topics(timeout=timeout).topics
+    metadata = _until_listed(admin, names, timeout)
     created = {t.topic for t in missing}
     return [TopicReport(n, len(metadata[n].partitions), n in created) for n in names]
+
+
+def _until_listed(admin: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
+    """Created topics reach the metadata a moment after create_topics returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout).topics
+        if all(n in metadata and metadata[n].partitions for n in names) or time.monotonic() > deadline:
+            return metadata
+        time.sleep(0.1)
 

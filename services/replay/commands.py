@@ -59,7 +59,7 @@ def register(commands: Any) -> None:
     where.add_argument("--to-earliest", action="store_true", help="the oldest record still retained")
     where.add_argument("--to-latest", action="store_true", help="the end: skip everything not yet read")
     rewind.add_argument("--dry-run", action="store_true", help="print the plan, commit nothing")
-    rewind.set_defaults(handler=run_rewind, with_args=True)
+    rewind.set_defaults(handler=run_rewind)
 
     republish = modes.add_parser("republish", help="re-publish selected records of a topic onto it",
                                  description="Copy records of one topic back onto it (key, value and headers "
@@ -69,7 +69,7 @@ def register(commands: Any) -> None:
     republish.add_argument("--since", type=_time, metavar="ISO", help="records written at or after this time")
     republish.add_argument("--until", type=_time, metavar="ISO", help="records written before this time")
     republish.add_argument("--task-id", nargs="+", default=[], metavar="ID", help="only these tasks' events")
-    republish.set_defaults(handler=run_republish, with_args=True)
+    republish.set_defaults(handler=run_republish)
 
     redrive = modes.add_parser("redrive", help="send dead-lettered records back to their source topics",
                                description="Send the original record of each selected dead letter back to its "
@@ -78,7 +78,7 @@ def register(commands: Any) -> None:
     redrive.add_argument("--reason", metavar="TEXT", help="only dead letters whose reason contains this text (any case)")
     redrive.add_argument("--stage", choices=sorted(STAGE_TOPICS), help="only dead letters of this stage")
     redrive.add_argument("--since", type=_time, metavar="ISO", help="only records dead-lettered at or after this time")
-    redrive.set_defaults(handler=run_redrive, with_args=True)
+    redrive.set_defaults(handler=run_redrive)
 
 
 def _time(text: str) -> Any:

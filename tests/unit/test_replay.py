@@ -160,13 +160,12 @@ def test_cli_parses_each_mode() -> None:
     rewind = parser.parse_args(
         ["replay", "rewind", "--stage", "projector", "--topic", "thumbnail.completed", "--to-time", "2026-11-28T10:00:00Z"]
     )
-    assert (rewind.stage, rewind.topic, rewind.to_time, rewind.with_args) == ("projector", "thumbnail.completed", T0, True)
+    assert (rewind.stage, rewind.topic, rewind.to_time) == ("projector", "thumbnail.completed", T0)
     task = str(uuid.uuid4())
     republish = parser.parse_args(["replay", "republish", "--topic", "thumbnail.fetched", "--task-id", task])
     assert republish.task_id == [task] and republish.since is None
     redrive = parser.parse_args(["replay", "redrive", "--reason", "TypeError", "--stage", "projector"])
     assert (redrive.reason, redrive.stage) == ("TypeError", "projector")
-    assert parser.parse_args(["topics"]).with_args is False
 
 
 def test_cli_requires_exactly_one_rewind_target() -> None:

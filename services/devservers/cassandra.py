@@ -1,0 +1,158 @@
+"""A single-node Cassandra 5.0 on 127.0.0.1, tuned to start fast on a small machine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from services.common.settings import Settings
+
+from .java import java_binary
+from .maven import cached_lib
+from .server import Layout, Say, port_open
+from .versions import SERVERS_DIR, Versions
+
+HOST = "127.0.0.1"
+STORAGE_PORT = 7000
+JAMM = "jamm-0.4.0.jar"
+# conf/jvm17-server.options of Cassandra 5.0: without these, Java 17 refuses its reflective access.
+ADD_EXPORTS = (
+    "java.base/jdk.internal.misc", "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+    "java.management/com.sun.jmx.remote.security", "java.rmi/sun.rmi.registry", "java.rmi/sun.rmi.server",
+    "java.sql/java.sql", "java.base/java.lang.ref", "jdk.unsupported/sun.misc",
+)
+ADD_OPENS = (
+    "java.base/java.lang.module", "java.base/jdk.internal.loader", "java.base/jdk.internal.ref",
+    "java.base/jdk.internal.reflect", "java.base/jdk.internal.math", "java.base/jdk.internal.module",
+    "java.base/jdk.internal.util.jar", "jdk.management/com.sun.management.internal", "java.base/sun.nio.ch",
+    "java.base/java.io", "java.base/java.lang.reflect", "java.base/java.lang", "java.base/java.util",
+    "java.base/java.nio",
+)
+JVM_FLAGS = (
+    "-Xms1G", "-Xmx1G", "-Xss256k", "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled", "-XX:MaxTenuringThreshold=1",
+    "-XX:G1HeapRegionSize=16m", "-XX:MaxGCPauseMillis=300", "-XX:InitiatingHeapOccupancyPercent=70",
+    "-XX:+HeapDumpOnOutOfMemoryError", "-XX:+ExitOnOutOfMemoryError", "-XX:+PerfDisableSharedMem", "-ea",
+    "-Djava.net.preferIPv4Stack=true", "-Dchronicle.analytics.disable=true", "-Djdk.attach.allowAttachSelf=true",
+    "-Dio.netty.tryReflectionSetAccessible=true", "-Dio.netty.allocator.useCacheForAllThreads=true",
+    "-Dio.netty.allocator.maxOrder=11",
+    # Without it CassandraDaemon closes stdout/stderr, hiding late JVM errors from stdout.log.
+    "-Dcassandra-foreground=yes",
+    # A single local node has nobody to gossip with and nothing worth an fsync.
+    "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.ring_delay_ms=1000",
+    "-Dcassandra.skip_sync=true", "-Dcassandra.unsafesystem=true",
+)
+
+
+@dataclass(frozen=True)
+class Cassandra:
+    settings: Settings
+    versions: Versions
+    name: ClassVar[str] = "cassandra"
+    main_class: ClassVar[str] = "org.apache.cassandra.service.CassandraDaemon"
+    ready_timeout: ClassVar[float] = 180.0
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.settings.state_dir / "servers" / self.name)
+
+    @property
+    def main_log(self) -> Path:
+        return self.layout.logs / "system.log"
+
+    def address(self) -> str:
+        return f"{HOST}:{self.settings.cassandra_port}"
+
+    def prepare(self, say: Say) -> list[str]:
+        lib = self._lib(say)
+        self.layout.create()
+        (self.layout.data / "triggers").mkdir(exist_ok=True)
+        yaml, logback = self.layout.conf / "cassandra.yaml", self.layout.conf / "logback.xml"
+        yaml.write_text(cassandra_yaml(self.settings.cassandra_port, self.layout.data))
+        logback.write_text(logback_xml(self.main_log))
+        return [
+            java_binary(), *JVM_FLAGS,
+            *(flag for module in ADD_EXPORTS for flag in ("--add-exports", f"{module}=ALL-UNNAMED")),
+            *(flag for module in ADD_OPENS for flag in ("--add-opens", f"{module}=ALL-UNNAMED")),
+            f"-javaagent:{lib / JAMM}",
+            f"-Dcassandra.config={yaml.as_uri()}",  # must be a URL, a bare path is rejected
+            f"-Dcassandra.logdir={self.layout.logs}",
+            f"-Dlogback.configurationFile={logback}",
+            f"-Dcassandra.triggers_dir={self.layout.data / 'triggers'}",
+            "-cp", f"{self.layout.conf}:{lib}/*", self.main_class,
+        ]
+
+    def answers(self) -> bool:
+        hosts, port = self.settings.cassandra_hosts, self.settings.cassandra_port
+        return port_open(hosts[0], port) and query_answers(hosts, port)
+
+    def _lib(self, say: Say) -> Path:
+        cache = self.settings.state_dir / "cache" / f"cassandra-{self.versions.cassandra}"
+        if not (cache / "lib").is_dir():
+            say(f"cassandra: resolving Cassandra {self.versions.cassandra} jars with Maven into {cache} "
+                "(first start only)")
+        return cached_lib(cache, SERVERS_DIR / "cassandra" / "pom.xml", {"cassandra.version": self.versions.cassandra})
+
+
+def cassandra_yaml(port: int, data: Path) -> str:
+    # Cassandra rejects unknown keys, so this lists only 5.0 names.
+    return f"""\
+cluster_name: thumbs-dev
+num_tokens: 1
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "{HOST}:{STORAGE_PORT}"
+listen_address: {HOST}
+rpc_address: {HOST}
+storage_port: {STORAGE_PORT}
+native_transport_port: {port}
+data_file_directories: [{data / 'data'}]
+commitlog_directory: {data / 'commitlog'}
+hints_directory: {data / 'hints'}
+saved_caches_directory: {data / 'saved_caches'}
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+# The largest mutation is half a segment; 32 MiB keeps room for big thumbnails.
+commitlog_segment_size: 32MiB
+auto_snapshot: false
+concurrent_compactors: 1
+"""
+
+
+def logback_xml(log_file: Path) -> str:
+    # cassandra-all ships no logback.xml; without one logback prints DEBUG to the console.
+    return f"""\
+<configuration scan="false">
+  <appender name="FILE" class="ch.qos.logback.core.rolling.RollingFileAppender">
+    <file>{log_file}</file>
+    <rollingPolicy class="ch.qos.logback.core.rolling.FixedWindowRollingPolicy">
+      <fileNamePattern>{log_file}.%i</fileNamePattern>
+      <minIndex>1</minIndex>
+      <maxIndex>3</maxIndex>
+    </rollingPolicy>
+    <triggeringPolicy class="ch.qos.logback.core.rolling.SizeBasedTriggeringPolicy">
+      <maxFileSize>50MB</maxFileSize>
+    </triggeringPolicy>
+    <encoder><pattern>%-5level [%thread] %date{{ISO8601}} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="FILE"/></root>
+</configuration>
+"""
+
+
+def query_answers(hosts: tuple[str, ...], port: int, timeout: float = 5.0) -> bool:
+    """True when a CQL session can read `release_version` from system.local."""
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # only probes need the driver
+    from cassandra.policies import RoundRobinPolicy
+
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout)
+    cluster = Cluster(list(hosts), port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                      connect_timeout=timeout, control_connection_timeout=timeout, protocol_version=5)
+    try:
+        return cluster.connect().execute("SELECT release_version FROM system.local").one() is not None
+    except Exception:  # noqa: BLE001 - any failure means "not answering yet"
+        return False
+    finally:
+        cluster.shutdown()

@@ -1,0 +1,167 @@
+"""A single-node Kafka broker (KRaft, combined broker and controller) on 127.0.0.1."""
+from __future__ import annotations
+
+import base64
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from services.common.settings import Settings
+
+from .java import java_binary
+from .maven import cached_lib
+from .server import Layout, Say, port_open
+from .versions import SERVERS_DIR, Versions
+
+HOST = "127.0.0.1"
+# Events carry source images inline (up to 20 MiB, base64 adds a third).
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+JVM_FLAGS = (
+    "-Xms512m", "-Xmx512m", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15",
+    "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+    # Log4j's own hook would close the log before Kafka's shutdown hook has logged its last steps.
+    "-Dlog4j2.shutdownHookEnabled=false",
+)
+
+
+class FormatError(RuntimeError):
+    """kafka.tools.StorageTool could not format the log directory."""
+
+
+@dataclass(frozen=True)
+class Kafka:
+    settings: Settings
+    versions: Versions
+    name: ClassVar[str] = "kafka"
+    main_class: ClassVar[str] = "kafka.Kafka"
+    ready_timeout: ClassVar[float] = 90.0
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.settings.state_dir / "servers" / self.name)
+
+    @property
+    def main_log(self) -> Path:
+        return self.layout.logs / "server.log"
+
+    @property
+    def port(self) -> int:
+        """The port of the first bootstrap address; the controller listens on the next one."""
+        first = self.settings.kafka_bootstrap.split(",")[0].strip()
+        return int(first.rsplit(":", 1)[1]) if ":" in first else 9092
+
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def prepare(self, say: Say) -> list[str]:
+        lib = self._lib(say)
+        self.layout.create()
+        properties, log4j = self.layout.conf / "server.properties", self.layout.conf / "log4j2.properties"
+        properties.write_text(server_properties(self.port, self.layout.data))
+        log4j.write_text(log4j2_properties(self.main_log))
+        if not (self.layout.data / "meta.properties").exists():
+            say(f"kafka: formatting {self.layout.data} (first start only)")
+            self._format(lib, properties, log4j)
+        return [java_binary(), *JVM_FLAGS, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*",
+                self.main_class, str(properties)]
+
+    def answers(self) -> bool:
+        return port_open(HOST, self.port) and metadata_answers(self.settings.kafka_bootstrap)
+
+    def _lib(self, say: Say) -> Path:
+        cache = self.settings.state_dir / "cache" / f"kafka-{self.versions.kafka}"
+        if not (cache / "lib").is_dir():
+            say(f"kafka: resolving Kafka {self.versions.kafka} jars with Maven into {cache} (first start only)")
+        props = {"kafka.version": self.versions.kafka, "log4j.version": self.versions.kafka_log4j}
+        return cached_lib(cache, SERVERS_DIR / "kafka" / "pom.xml", props)
+
+    def _format(self, lib: Path, properties: Path, log4j: Path) -> None:
+        argv = [java_binary(), "-Xmx256m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*",
+                "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(properties)]
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            raise FormatError(f"formatting Kafka storage failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+def cluster_id() -> str:
+    """What `kafka-storage.sh random-uuid` prints (22 base64url chars), without starting a JVM for it."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka rejects ids that look like command-line flags
+            return text
+
+
+def server_properties(port: int, data: Path) -> str:
+    controller = port + 1
+    values = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        # Static quorum: the storage is then formatted without --standalone.
+        "controller.quorum.voters": f"1@{HOST}:{controller}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "6",
+        # Faust creates its changelog and leader topics itself; the pipeline topics come from `thumbs topics`.
+        "auto.create.topics.enable": "true",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # One partition instead of 50 each: much faster first consumer-group and transaction use.
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.num.partitions": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "message.max.bytes": str(MAX_MESSAGE_BYTES),
+        "replica.fetch.max.bytes": str(MAX_MESSAGE_BYTES),
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+    }
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def log4j2_properties(log_file: Path) -> str:
+    return f"""\
+# The Maven closure has no log4j2.yaml; this one sends everything to one rolling file.
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {log_file}
+appender.file.filePattern = {log_file}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 50MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+def metadata_answers(bootstrap: str, timeout: float = 5.0) -> bool:
+    """True when the broker answers a metadata request (what every client does first)."""
+    from confluent_kafka.admin import AdminClient  # imported late: only probes need it
+
+    # log_level 0 keeps librdkafka quiet about refused connections while the broker boots.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": int(timeout * 1000)})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure means "not answering yet"
+        return False
+    return True
