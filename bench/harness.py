@@ -1,0 +1,218 @@
+"""The pipeline under benchmark: servers, an image origin on 127.0.0.2, and the four stages as real processes.
+
+The only module of the benchmark that uses the integration-test helpers (tests/integration/stack.py).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka.admin import AdminClient
+
+from bench.loadgen import Completions
+from bench.procstat import Sampler, descendants, listening_pid
+from services.common.cassandra import connect, migrate
+from services.common.events import COMPLETED, FAILED
+from services.common.kafka import client_config, ensure_topics
+from services.common.settings import Settings
+from services.devservers.lifecycle import ensure_running
+from tests.integration.stack import ImageServer, Stack, isolated_env, settings_of
+
+IMAGE_HOST = "127.0.0.2"
+SERVER_VARIABLES = ("THUMBS_KAFKA_BOOTSTRAP", "THUMBS_CASSANDRA_HOSTS", "THUMBS_CASSANDRA_PORT")
+Bases = dict[str, list[bytes]]
+
+
+def server_settings() -> tuple[Settings, str]:
+    """The Kafka and Cassandra to use: the environment's if it names them, else the local ones, started if needed."""
+    if any(name in os.environ for name in SERVER_VARIABLES):
+        return Settings.from_env(), "from THUMBS_* environment"
+    settings = Settings()
+    ensure_running(settings, say=lambda line: print(f"  servers: {line}"))
+    return settings, "local servers (services.devservers)"
+
+
+def with_comment(jpeg: bytes, tag: bytes) -> bytes:
+    """The same JPEG with a COM segment right after SOI: new bytes and sha256, identical pixels and decode cost."""
+    if jpeg[:2] != b"\xff\xd8" or len(tag) > 65533:
+        raise ValueError("not a JPEG, or the comment is too long")
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(tag) + 2) + tag + jpeg[2:]
+
+
+class _Routes(dict):  # type: ignore[type-arg]
+    """ImageServer routes computed from the path, so any number of URLs costs no memory.
+
+    /v/<kind>/<index>/<tag>.jpg    base image with the comment <tag>: one distinct image per tag
+    /same/<kind>/<index>/<n>.jpg   the base image's own bytes under any number of URLs (dedupe)
+    """
+
+    def __init__(self, bases: Bases) -> None:
+        super().__init__()
+        self._bases = bases
+
+    def get(self, path: str, default: Any = None) -> Any:
+        parts = path.strip("/").split("/")
+        try:
+            mode, kind, index, name = parts
+            data = self._bases[kind][int(index)]
+        except (ValueError, KeyError, IndexError):
+            return default
+        if mode == "v":
+            data = with_comment(data, name.removesuffix(".jpg").encode())
+        elif mode != "same":
+            return default
+        return 200, {"Content-Type": "image/jpeg"}, data
+
+
+def _serve(bases: Bases, reply: Any, parent: int, lifetime: float) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the benchmark, which stops this process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the benchmark's handler, inherited through fork
+    server = ImageServer(IMAGE_HOST)
+    server.routes = _Routes(bases)
+    reply.send(server.base)
+    deadline = time.monotonic() + lifetime
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+class ImageOrigin:
+    """The image server in a process of its own, so serving images takes no time from the load generator."""
+
+    def __init__(self, bases: Bases, lifetime: float) -> None:
+        context = multiprocessing.get_context("fork")  # before any thread or client exists in this process
+        receive, send = context.Pipe(duplex=False)
+        self.process = context.Process(target=_serve, args=(bases, send, os.getpid(), lifetime), daemon=True)
+        self.process.start()
+        if not receive.poll(30):
+            self.close()
+            raise RuntimeError("the image server did not start within 30 s")
+        self.base: str = receive.recv()
+
+    def distinct(self, kind: str, index: int, tag: str) -> str:
+        return f"{self.base}/v/{kind}/{index}/{tag}.jpg"
+
+    def same(self, kind: str, index: int, n: int) -> str:
+        return f"{self.base}/same/{kind}/{index}/{n}.jpg"
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+
+
+class Pipeline:
+    """Own topics, keyspace and ports; the four processes; CPU/RSS sampling; a watcher of terminal events."""
+
+    def __init__(self, servers: Settings, workers: int, state_dir: Path, keep: bool = False) -> None:
+        contact = (servers.cassandra_hosts, servers.cassandra_port)
+        self.env = isolated_env(servers.kafka_bootstrap, contact, state_dir,
+                                RESIZER_WORKERS=str(workers), TOPIC_PARTITIONS="6")
+        self.settings = settings_of(self.env)
+        self.stack = Stack(self.env)
+        self.keep = keep
+        self.pool_pids: set[int] = set()
+        self.jvms = {"kafka": listening_pid(_port(servers.kafka_bootstrap), "kafka.Kafka"),
+                     "cassandra": listening_pid(servers.cassandra_port, "CassandraDaemon")}
+        self.sampler: Sampler | None = None
+        self.completions: Completions | None = None
+
+    @property
+    def api(self) -> str:
+        return self.stack.api
+
+    def start(self, timeout: float = 90.0) -> None:
+        ensure_topics(self.settings)
+        migrate(self.settings)
+        self.stack.start()
+        self.stack.wait_ready(timeout)
+
+    def watch(self, extra: dict[str, list[int]]) -> None:
+        """Starts sampling processes and recording terminal events (from Kafka's end offsets as of now)."""
+        groups = {name: self._pid_of(name) for name in ("api", "fetcher", "resizer")}
+        groups["resizer-pool"] = self._pool
+        groups["projector"] = self._pid_of("projector")
+        groups.update({name: (lambda pid=pid: [pid] if pid else []) for name, pid in self.jvms.items()})
+        groups.update({name: (lambda pids=pids: pids) for name, pids in extra.items()})
+        self.sampler = Sampler(groups)
+        self.sampler.start()
+        self.completions = Completions(self.settings.kafka_bootstrap, self.settings.topic(COMPLETED),
+                                       self.settings.topic(FAILED))
+        self.completions.start()
+
+    def counter(self, stage: str, name: str) -> float:
+        return self.stack.metric(stage, name)
+
+    def poll_success(self, task_ids: list[str], timeout: float) -> None:
+        """Waits through the API (used only outside measurements) until every task is SUCCESS."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.api, timeout=10) as client:
+            for task_id in task_ids:
+                while True:
+                    body = client.get("/thumbnail", params={"task_id": task_id}).json()
+                    if body["status"] == "SUCCESS":
+                        break
+                    if body["status"] == "FAILURE" or time.monotonic() > deadline:
+                        raise RuntimeError(f"warm-up task {task_id} did not succeed: {body}\n"
+                                           + self.stack.log_tail("resizer"))
+                    time.sleep(0.1)
+
+    def close(self) -> None:
+        for part in (self.completions, self.sampler):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception as exc:  # noqa: BLE001 - keep cleaning up
+                    print(f"  cleanup: {exc}")
+        self.stack.stop()
+        for pid in self.pool_pids:  # pool workers outliving a killed resizer
+            if "services.cli resizer" in _cmdline(pid):  # forked workers keep the resizer's command line
+                os.kill(pid, signal.SIGKILL)
+        if not self.keep:
+            self._drop()
+
+    def _drop(self) -> None:
+        prefix = self.settings.topic_prefix
+        try:
+            admin = AdminClient(client_config(self.settings))
+            topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+            for future in (admin.delete_topics(topics, operation_timeout=30).values() if topics else []):
+                future.result(30)
+            groups = [self.settings.group(s) for s in ("fetcher", "resizer", "projector")]
+            for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
+                try:
+                    future.result(15)
+                except Exception:  # noqa: BLE001 - a group that never formed is fine
+                    pass
+            session = connect(self.settings)
+            session.execute(f"DROP KEYSPACE IF EXISTS {self.settings.keyspace}", timeout=60)
+            session.cluster.shutdown()
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; say what is left
+            print(f"  cleanup: could not drop topics/keyspace {prefix}*: {exc}")
+
+    def _pid_of(self, name: str) -> Any:
+        return lambda: [self.stack.processes[name].pid] if name in self.stack.processes else []
+
+    def _pool(self) -> list[int]:
+        resizer = self.stack.processes.get("resizer")
+        pids = descendants(resizer.pid) if resizer else []
+        self.pool_pids.update(pids)
+        return pids
+
+
+def _port(bootstrap: str) -> int:
+    first = bootstrap.split(",")[0].strip()
+    return int(first.rsplit(":", 1)[1])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+

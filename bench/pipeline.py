@@ -1,0 +1,341 @@
+"""End-to-end benchmark of the thumbnail pipeline, printed next to baselines measured in the same run.
+
+Run from the repository root: `.venv/bin/python bench/pipeline.py [--scenario NAME ...] [--soak]`.
+
+Baselines first, in this process: the *limit* is the best single-process in-memory Pillow path
+(bench.resize_core.best) in thumbnails per CPU second × the cores this process may use; the *naive*
+path is the old system's. Both come from bench.resize_core.measure on the same seeded corpus.
+
+Then the real processes (`python -m services.cli api|fetcher|resizer|projector`) start with their
+own topic prefix, keyspace and ports, one resize worker per core, against the Kafka and Cassandra
+named by THUMBS_KAFKA_BOOTSTRAP / THUMBS_CASSANDRA_HOSTS / THUMBS_CASSANDRA_PORT, or else the local
+servers of services.devservers (started if they do not answer). Topics and keyspace are dropped at
+the end (`--keep` leaves them).
+
+Distinct images, cheaply: a few base JPEGs come from bench/corpus.py; each task's image is a base
+with a unique JPEG COM (comment) segment inserted right after the SOI marker. The bytes, and so the
+sha256 and the dedupe key, differ per task while the pixels and the decode cost stay exactly those
+of the base. The image server on 127.0.0.2 derives these variants from the URL path, and also
+serves one base's own bytes under any number of URLs (every task after the first a dedupe hit).
+
+Completion is observed on Kafka, not by polling the API: a consumer assigned to every partition of
+thumbnail.completed and thumbnail.failed from the end offsets read before the first POST records
+when each task id arrives. (The projector writes the task row shortly after; GET is not timed here.)
+CPU seconds come from /proc/<pid>/stat of every pipeline process, the resizer's pool workers, the
+Kafka and Cassandra JVMs and this benchmark; "machine" is all CPU time on the host in the window,
+so machine minus the named groups shows other load sharing the cores.
+
+Scenarios: fullhd, 12mp (distinct images), dedupe (paced, all dedupe hits), burst (POST then GET
+at concurrency 64), soak (opt-in: steady load, RSS per process every minute). Results are also
+written as JSON to bench/out/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from io import BytesIO
+from pathlib import Path
+from random import Random
+from typing import Any, Callable
+
+if __package__ in (None, ""):  # run as a script: make `bench` and `services` importable from the root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from PIL import Image, features
+
+from bench import loadgen
+from bench.corpus import photo
+from bench.harness import Bases, ImageOrigin, Pipeline, server_settings
+from bench.resize_core import PATHS, corpus, measure
+from services.devservers import versions
+
+OUT = Path(__file__).resolve().parent / "out"
+PIPELINE_GROUPS = ("api", "fetcher", "resizer", "resizer-pool", "projector")
+DEFAULT_SCENARIOS = ("fullhd", "12mp", "dedupe", "burst")
+Row = tuple[str, str, str, str]  # what, measured, target, verdict
+
+
+def machine() -> dict[str, Any]:
+    pinned = versions.load()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": len(os.sched_getaffinity(0)),
+            "cpu": model, "python": platform.python_version(), "pillow": Image.__version__,
+            "libjpeg_turbo": features.version("libjpeg_turbo"), "kafka": pinned.kafka, "cassandra": pinned.cassandra,
+            "loadavg_at_start": os.getloadavg()}
+
+
+def build_bases(seed: int) -> Bases:
+    small = BytesIO()
+    photo((320, 240), Random(f"{seed}:small")).save(small, "JPEG", quality=90)
+    return {"fullhd": corpus("fullhd", 4, seed), "12mp": corpus("12mp", 2, seed), "small": [small.getvalue()]}
+
+
+def baselines(bases: Bases, cores: int, rounds: int) -> dict[str, dict[str, float]]:
+    for path in PATHS.values():
+        path(bases["12mp"][0])  # steady state of a long-lived worker (see bench/resize_core.py)
+    result = {}
+    for kind in ("fullhd", "12mp"):
+        rates = measure(bases[kind], rounds, loops=3)
+        result[kind] = {**rates, "limit": rates["best"] * cores}
+    return result
+
+
+# ---- measuring one batch of tasks -------------------------------------------------------------
+
+
+def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: float) -> dict[str, Any]:
+    """Submits, waits until every accepted task is terminal (or timeout), and gathers every figure."""
+    assert run.sampler is not None and run.completions is not None
+    resizes, hits = run.counter("resizer", "thumbs_resizes_total"), run.counter("resizer", "thumbs_dedupe_hits_total")
+    run.sampler.mark()
+    calls = submit()
+    accepted = [c for c in calls if c.task_id]
+    all_terminal = run.completions.wait([c.task_id for c in accepted if c.task_id], timeout)
+    window = run.sampler.read()
+    done = {c.task_id: run.completions.seen[c.task_id] for c in accepted if c.task_id in run.completions.seen}
+    first = min((c.started for c in calls), default=0.0)
+    last = max((t for t, _ in done.values()), default=first)
+    tasks = max(1, len(done))
+    return {
+        "posted": len(calls), "accepted": len(accepted), "terminal": len(done), "all_terminal": all_terminal,
+        "succeeded": sum(1 for _, status in done.values() if status == "SUCCESS"),
+        "throughput": len(done) / (last - first) if last > first else 0.0, "wall_seconds": last - first,
+        "latency_ms": loadgen.summary_ms([done[c.task_id][0] - c.started for c in accepted if c.task_id in done]),
+        "post_ms": loadgen.summary_ms([c.seconds for c in calls]), "post_rate": loadgen.rate(calls),
+        "post_errors": len(calls) - len(accepted),
+        "resizes": run.counter("resizer", "thumbs_resizes_total") - resizes,
+        "dedupe_hits": run.counter("resizer", "thumbs_dedupe_hits_total") - hits,
+        "cpu_seconds": window.cpu, "machine_cpu_seconds": window.machine_cpu, "window_seconds": window.seconds,
+        "cpu_per_task_ms": {"pipeline": 1000 * sum(window.cpu.get(g, 0.0) for g in PIPELINE_GROUPS) / tasks,
+                            **{g: 1000 * window.cpu.get(g, 0.0) / tasks for g in ("kafka", "cassandra", "bench")}},
+        "peak_rss_mib": window.peak_rss_mib, "processes": window.processes, "loadavg_after": os.getloadavg(),
+        "task_ids": [c.task_id for c in accepted],
+    }
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+
+
+def distinct(kind: str) -> Callable[..., dict[str, Any]]:
+    def scenario(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+        n, count = len(origin_bases[kind]), args.tasks[kind]
+        urls = [origin.distinct(kind, i % n, f"{kind}-{i}") for i in range(count)]
+        result = observe(run, lambda: loadgen.post_all(run.api, urls, args.concurrency), args.timeout)
+        limit = base[kind]["limit"]
+        result.update(distinct_images=count, limit=limit, naive=base[kind]["naive"] * args.cores,
+                      of_limit=result["throughput"] / limit, ours_over_naive=base[kind]["ours/naive"])
+        return result
+    return scenario
+
+
+def dedupe(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    prime = loadgen.post_all(run.api, [origin.same("fullhd", 0, 0)], 1)
+    run.poll_success([c.task_id for c in prime if c.task_id], 60)  # the one render: every task below is a hit
+    count = int(args.dedupe_rate * args.dedupe_seconds)
+    urls = [origin.same("fullhd", 0, i) for i in range(1, count + 1)]
+    return observe(run, lambda: loadgen.post_paced(run.api, urls, args.dedupe_rate), args.timeout)
+
+
+def burst(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    prime = loadgen.post_all(run.api, [origin.same("small", 0, 0)], 1)
+    run.poll_success([c.task_id for c in prime if c.task_id], 60)
+    urls = [origin.same("small", 0, i) for i in range(1, args.burst + 1)]
+    result = observe(run, lambda: loadgen.post_all(run.api, urls, 64), args.timeout)
+    ids = result["task_ids"] or [c.task_id for c in prime if c.task_id]
+    gets = loadgen.get_all(run.api, [ids[i % len(ids)] for i in range(args.burst)], 64)
+    result.update(get_ms=loadgen.summary_ms([c.seconds for c in gets]), get_rate=loadgen.rate(gets),
+                  get_errors=sum(1 for c in gets if c.status not in (200, 202)),
+                  get_success=sum(1 for c in gets if c.status == 200))
+    return result
+
+
+def soak(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """A steady paced load, one task in five a new FullHD image; RSS of every process each minute."""
+    assert run.sampler is not None
+    prime = loadgen.post_all(run.api, [origin.same("fullhd", 1, 0)], 1)
+    run.poll_success([c.task_id for c in prime if c.task_id], 60)
+    per_minute = int(args.soak_rate * 60)
+    print(f"\nsoak: {args.soak_minutes} min at {args.soak_rate:g} tasks/s (1 in 5 a new FullHD image); RSS MiB:")
+    print("  min  " + "".join(f"{g:>14}" for g in run.sampler.current_rss_mib()))
+
+    def submit() -> list[loadgen.Call]:
+        calls: list[loadgen.Call] = []
+        for minute in range(args.soak_minutes):
+            urls = [origin.distinct("fullhd", i % 4, f"soak-{minute}-{i}") if i % 5 == 0
+                    else origin.same("fullhd", 1, minute * per_minute + i + 1) for i in range(per_minute)]
+            calls += loadgen.post_paced(run.api, urls, args.soak_rate)
+            print(f"  {minute + 1:>3}  " + "".join(f"{v:>14.0f}" for v in run.sampler.current_rss_mib().values()),
+                  flush=True)
+        return calls
+    return observe(run, submit, args.timeout)
+
+
+origin_bases: Bases = {}
+SCENARIOS = {"fullhd": distinct("fullhd"), "12mp": distinct("12mp"), "dedupe": dedupe,
+             "burst": burst, "soak": soak}
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def rows(name: str, r: dict[str, Any], args: argparse.Namespace) -> list[Row]:
+    lat, post = r["latency_ms"], r["post_ms"]
+    out: list[Row] = [
+        ("tasks terminal / accepted / posted", f"{r['terminal']} / {r['accepted']} / {r['posted']}", "all",
+         verdict(r["all_terminal"] and r["post_errors"] == 0)),
+        ("succeeded", str(r["succeeded"]), str(r["accepted"]), verdict(r["succeeded"] == r["accepted"])),
+    ]
+    if name in ("fullhd", "12mp"):
+        out += [("throughput (tasks/s)", f"{r['throughput']:.1f}", "", ""),
+                ("limit: best in-memory × cores", f"{r['limit']:.1f}", "", ""),
+                ("naive path × cores", f"{r['naive']:.1f}", "", ""),
+                ("pipeline / limit", f"{r['of_limit']:.2f}×", "", ""),
+                ("our resize core / naive (per core)", f"{r['ours_over_naive']:.2f}×", "", ""),
+                ("resizes vs distinct images", f"{r['resizes']:.0f} vs {r['distinct_images']}", "equal",
+                 verdict(r["resizes"] == r["distinct_images"]))]
+    else:
+        out += [("throughput (tasks/s)", f"{r['throughput']:.1f}", "", ""),
+                ("resizes (all should be dedupe hits)", f"{r['resizes']:.0f} (hits {r['dedupe_hits']:.0f})", "0",
+                 verdict(r["resizes"] == 0))]
+    targets = {"dedupe": (30.0, 150.0)}.get(name)
+    out += [("POST→completed p50", ms(lat["p50"]), f"≤ {targets[0]:.0f} ms" if targets else "",
+             verdict(lat["p50"] is not None and lat["p50"] <= targets[0]) if targets else ""),
+            ("POST→completed p95", ms(lat["p95"]), "", ""),
+            ("POST→completed p99", ms(lat["p99"]), f"≤ {targets[1]:.0f} ms" if targets else "",
+             verdict(lat["p99"] is not None and lat["p99"] <= targets[1]) if targets else "")]
+    burst_post = name == "burst"
+    out += [("POST req/s", f"{r['post_rate']:.0f}", "≥ 2000" if burst_post else "",
+             verdict(r["post_rate"] >= 2000) if burst_post else ""),
+            ("POST p50 / p99", f"{ms(post['p50'])} / {ms(post['p99'])}", "p99 ≤ 50 ms" if burst_post else "",
+             verdict(post["p99"] is not None and post["p99"] <= 50) if burst_post else "")]
+    if burst_post:
+        out += [("GET req/s", f"{r['get_rate']:.0f}", "≥ 3000", verdict(r["get_rate"] >= 3000)),
+                ("GET p50 / p99", f"{ms(r['get_ms']['p50'])} / {ms(r['get_ms']['p99'])}", "", ""),
+                ("GET errors", str(r["get_errors"]), "0", verdict(r["get_errors"] == 0))]
+    cpu = r["cpu_per_task_ms"]
+    out += [("CPU ms/task: pipeline (4 procs + pool)", f"{cpu['pipeline']:.1f}", "", ""),
+            ("CPU ms/task: Kafka / Cassandra JVM", f"{cpu['kafka']:.1f} / {cpu['cassandra']:.1f}", "", ""),
+            ("CPU ms/task: this benchmark", f"{cpu['bench']:.1f}", "", "")]
+    named = sum(r["cpu_seconds"].values())
+    out.append(("CPU s: machine / ours / other (window s)",
+                f"{r['machine_cpu_seconds']:.1f} / {named:.1f} / {r['machine_cpu_seconds'] - named:.1f} "
+                f"({r['window_seconds']:.1f} s)", "", ""))
+    for group, mib in r["peak_rss_mib"].items():
+        count = r["processes"].get(group, 0)
+        out.append((f"peak RSS {group}" + (f" ({count} procs)" if count > 1 else ""), f"{mib:.0f} MiB", "", ""))
+    return out
+
+
+def print_table(title: str, table: list[Row]) -> None:
+    width = max(len(r[0]) for r in table)
+    print(f"\n== {title}")
+    print(f"  {'':<{width}}  {'measured':>28}  {'target':>12}  ")
+    for what, measured, target, mark in table:
+        print(f"  {what:<{width}}  {measured:>28}  {target:>12}  {mark}")
+
+
+def print_baselines(base: dict[str, dict[str, float]], cores: int) -> None:
+    print(f"\n== baselines (same run, same corpus; per core = thumbnails per CPU second, median of rounds)")
+    print(f"  {'source':<8}{'naive/s':>9}{'best/s':>9}{'ours/s':>9}{'ours/naive':>12}{'limit (best×' + str(cores) + ')':>18}")
+    for kind, r in base.items():
+        print(f"  {kind:<8}{r['naive']:>9.1f}{r['best']:>9.1f}{r['ours']:>9.1f}{r['ours/naive']:>11.2f}×{r['limit']:>18.1f}")
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+                        help=f"repeatable; default: {', '.join(DEFAULT_SCENARIOS)}")
+    parser.add_argument("--soak", action="store_true", help="add the soak scenario")
+    parser.add_argument("--soak-minutes", type=int, default=10)
+    parser.add_argument("--soak-rate", type=float, default=10.0, help="tasks/s during the soak")
+    parser.add_argument("--fullhd-tasks", type=int, default=300)
+    parser.add_argument("--12mp-tasks", dest="mp12_tasks", type=int, default=40)
+    parser.add_argument("--concurrency", type=int, default=32, help="clients for the fullhd and 12mp scenarios")
+    parser.add_argument("--dedupe-rate", type=float, default=50.0)
+    parser.add_argument("--dedupe-seconds", type=float, default=10.0)
+    parser.add_argument("--burst", type=int, default=5000, help="POSTs, then as many GETs, in the burst scenario")
+    parser.add_argument("--rounds", type=int, default=5, help="baseline rounds per path; the median is shown")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds for a scenario's tasks to finish")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the run's topics and keyspace")
+    args = parser.parse_args()
+    args.scenarios = list(dict.fromkeys((args.scenario or list(DEFAULT_SCENARIOS)) + (["soak"] if args.soak else [])))
+    args.soak_minutes = max(1, min(args.soak_minutes, 24 * 60))
+    args.tasks = {"fullhd": args.fullhd_tasks, "12mp": args.mp12_tasks}
+    args.cores = len(os.sched_getaffinity(0))
+    return args
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    args = parse()
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up on `kill` as on Ctrl-C
+    info = machine()
+    print(f"thumbs pipeline benchmark  {info['date']}")
+    print(f"  {info['cores']} cores ({info['cpu']}), Python {info['python']}, Pillow {info['pillow']}, "
+          f"libjpeg-turbo {info['libjpeg_turbo']}, Kafka {info['kafka']}, Cassandra {info['cassandra']} "
+          f"(deploy/servers/versions.env), load average {info['loadavg_at_start'][0]:.2f}")
+    origin_bases.update(build_bases(args.seed))
+    lifetime = 3600 + 120 * args.soak_minutes
+    origin = ImageOrigin(origin_bases, lifetime)  # forked first, before this process has threads
+    results: dict[str, Any] = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "scenarios": {}}
+    run: Pipeline | None = None
+    try:
+        servers, where = server_settings()
+        print(f"  Kafka {servers.kafka_bootstrap}, Cassandra {','.join(servers.cassandra_hosts)}:{servers.cassandra_port} ({where})")
+        base = baselines(origin_bases, args.cores, args.rounds)
+        results["baselines"] = base
+        print_baselines(base, args.cores)
+        state = Path(tempfile.mkdtemp(prefix="thumbs-bench-"))
+        run = Pipeline(servers, args.cores, state, keep=args.keep)
+        print(f"\nstarting the pipeline (prefix {run.settings.topic_prefix}, {args.cores} resize workers, logs {state})")
+        started = time.monotonic()
+        run.start()
+        warm = loadgen.post_all(run.api, [origin.distinct("fullhd", i % 4, f"warm-{i}") for i in range(2 * args.cores)]
+                                + [origin.distinct("12mp", 0, "warm")], 4)
+        run.poll_success([c.task_id for c in warm if c.task_id], 120)
+        print(f"  ready: warm-up tasks reached SUCCESS after {time.monotonic() - started:.1f} s")
+        run.watch({"bench": [os.getpid(), origin.process.pid or 0]})
+        for name in args.scenarios:
+            result = SCENARIOS[name](run, origin, args, base)
+            result.pop("task_ids", None)
+            results["scenarios"][name] = result
+            print_table(f"{name}", rows(name, result, args))
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up")
+        return 130
+    finally:
+        if run is not None:
+            run.close()
+        origin.close()
+        OUT.mkdir(exist_ok=True)
+        path = OUT / f"pipeline-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(results, indent=2, default=str))
+        print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
