@@ -94,7 +94,7 @@ def baselines(bases: Bases, cores: int, rounds: int) -> dict[str, dict[str, floa
 def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: float) -> dict[str, Any]:
     """Submits, waits until every accepted task is terminal (or timeout), and gathers every figure."""
     assert run.sampler is not None and run.completions is not None
-    resizes, hits = run.counter("resizer", "thumbs_resizes_total"), run.counter("resizer", "thumbs_dedupe_hits_total")
+    resizes, hits = run.counter("resizer", "thumbs_resizes_total"), (run.counter("resizer", "thumbs_dedupe_hits_total") + run.counter("fetcher", "thumbs_dedupe_hits_total"))
     run.sampler.mark()
     calls = submit()
     accepted = [c for c in calls if c.task_id]
@@ -112,7 +112,7 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
         "post_ms": loadgen.summary_ms([c.seconds for c in calls]), "post_rate": loadgen.rate(calls),
         "post_errors": len(calls) - len(accepted),
         "resizes": run.counter("resizer", "thumbs_resizes_total") - resizes,
-        "dedupe_hits": run.counter("resizer", "thumbs_dedupe_hits_total") - hits,
+        "dedupe_hits": (run.counter("resizer", "thumbs_dedupe_hits_total") + run.counter("fetcher", "thumbs_dedupe_hits_total")) - hits,
         "cpu_seconds": window.cpu, "machine_cpu_seconds": window.machine_cpu, "window_seconds": window.seconds,
         "cpu_per_task_ms": {"pipeline": 1000 * sum(window.cpu.get(g, 0.0) for g in PIPELINE_GROUPS) / tasks,
                             **{g: 1000 * window.cpu.get(g, 0.0) / tasks for g in ("kafka", "cassandra", "bench")}},

@@ -16,7 +16,10 @@ def _api(settings: Settings, _args: argparse.Namespace) -> int:
 
     from services.api.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning",
+        loop="uvloop", http="httptools",
+    )
     return 0
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections import namedtuple
+from functools import lru_cache
 from typing import Any, Sequence
 
 from cassandra import ConsistencyLevel
@@ -42,11 +44,23 @@ SCHEMA = (
 )
 
 
+@lru_cache(maxsize=64)
+def _row_type(columns: tuple[str, ...]) -> type:
+    return namedtuple("Row", columns)  # type: ignore[misc]
+
+
+def cached_named_tuple_factory(columns: list[str], rows: list[tuple[Any, ...]]) -> list[Any]:
+    """The driver's default factory builds a new namedtuple class per result; ours reuses it per column set."""
+    row_type = _row_type(tuple(columns))
+    return [row_type._make(row) for row in rows]
+
+
 def connect(settings: Settings, *, keyspace: str | None = None, timeout: float = 10.0) -> Session:
     profile = ExecutionProfile(
         load_balancing_policy=RoundRobinPolicy(),
         consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
         request_timeout=timeout,
+        row_factory=cached_named_tuple_factory,
     )
     cluster = Cluster(
         list(settings.cassandra_hosts),

@@ -6,6 +6,7 @@ what the code accepts is exactly what the published contract allows (unknown fie
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -168,9 +169,15 @@ def encode_dead_letter(
 
 
 def encode(event: Event) -> bytes:
-    payload = asdict(event.payload)
     if isinstance(event.payload, Fetched):
-        payload["image_base64"] = base64.b64encode(payload.pop("image")).decode("ascii")
+        # Not asdict(): it would deep-copy the image bytes.
+        fetched = event.payload
+        payload = {
+            "source_url": fetched.source_url, "source_sha256": fetched.source_sha256, "media_type": fetched.media_type,
+            "image_base64": base64.b64encode(fetched.image).decode("ascii"), "rendition": asdict(fetched.rendition),
+        }
+    else:
+        payload = asdict(event.payload)
     document = {
         "event_id": event.event_id,
         "type": event.type,
@@ -184,8 +191,12 @@ def encode(event: Event) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes | None) -> Event:
-    """Parse and validate one event; raises EventError with a reason fit for the dead-letter record."""
+def decode(raw: bytes | None, *, with_image: bool = True) -> Event:
+    """Parse and validate one event; raises EventError with a reason fit for the dead-letter record.
+
+    `with_image=False` leaves a fetched event's image empty: the projector needs only its hash, and
+    decoding megabytes of base64 per task was most of its work.
+    """
     if not raw:
         raise EventError("empty message")
     try:
@@ -202,18 +213,19 @@ def decode(raw: bytes | None) -> Event:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise EventError(f"schema violation at {where}: {error.message[:300]}")
-    return _build(kind, document)
+    return _build(kind, document, with_image)
 
 
-def _build(kind: str, document: dict[str, Any]) -> Event:
+def _build(kind: str, document: dict[str, Any], with_image: bool) -> Event:
     payload = dict(document["payload"])
     names = _PAYLOAD_TYPES[kind].__dataclass_fields__
     if "rendition" in names:
         payload["rendition"] = Rendition(**{**asdict(Rendition()), **_known(Rendition, payload.get("rendition", {}))})
     if kind == FETCHED:
+        text = payload.pop("image_base64")
         try:
-            payload["image"] = base64.b64decode(payload.pop("image_base64"), validate=True)
-        except ValueError as exc:
+            payload["image"] = binascii.a2b_base64(text.encode("ascii"), strict_mode=True) if with_image else b""
+        except (ValueError, UnicodeEncodeError) as exc:
             raise EventError(f"image_base64 is not base64: {exc}") from None
     return Event(
         task_id=document["task_id"],

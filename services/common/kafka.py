@@ -49,6 +49,8 @@ class KafkaPublisher:
                 "socket.connection.setup.timeout.ms": 3000,
             }
         )
+        self._settled: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], KafkaError | None]] = []
+        self._settled_lock = threading.Lock()
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
@@ -56,14 +58,27 @@ class KafkaPublisher:
     def _poll(self) -> None:
         while self._running:
             self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """One wake-up of the event loop per batch of acknowledgements, not one per record."""
+        with self._settled_lock:
+            batch, self._settled = self._settled, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], KafkaError | None]]] = {}
+        for loop, future, err in batch:
+            by_loop.setdefault(loop, []).append((future, err))
+        for loop, settled in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle_all, settled)
 
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None) -> None:
         """Returns once the record is acknowledged by all in-sync replicas; raises PublishError otherwise."""
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[None] = loop.create_future()
 
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
-            loop.call_soon_threadsafe(_settle, acked, err)
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:  # runs on the delivery thread
+            with self._settled_lock:
+                self._settled.append((loop, acked, err))
 
         for _ in range(200):
             try:
@@ -93,13 +108,14 @@ class KafkaPublisher:
         self._poller.join(timeout=1)
 
 
-def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:
-    if future.done():
-        return
-    if err is None:
-        future.set_result(None)
-    else:
-        future.set_exception(PublishError(err.str()))
+def _settle_all(settled: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
+    for future, err in settled:
+        if future.done():
+            continue
+        if err is None:
+            future.set_result(None)
+        else:
+            future.set_exception(PublishError(err.str()))
 
 
 @dataclass(frozen=True)

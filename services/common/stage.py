@@ -48,8 +48,11 @@ def build_app(settings: Settings, stage: str) -> faust.App:
 
 
 class StageRunner:
-    def __init__(self, stage: str, settings: Settings, publisher: KafkaPublisher, handler: Handler) -> None:
+    def __init__(
+        self, stage: str, settings: Settings, publisher: KafkaPublisher, handler: Handler, *, with_images: bool = True
+    ) -> None:
         self.stage = stage
+        self._with_images = with_images
         self._settings = settings
         self._publisher = publisher
         self._handler = handler
@@ -61,7 +64,7 @@ class StageRunner:
         metrics.EVENTS_IN.labels(self.stage, topic).inc()
         headers = _headers(message.headers)
         try:
-            event = decode(message.value)
+            event = decode(message.value, with_image=self._with_images)
         except EventError as exc:
             await self._dead_letter(message, str(exc))
             return

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
+from services.common.dedupe import Thumbnails, existing
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
 from services.common.events import Event, EventError, Failed, Fetched, Outgoing, Requested
 from services.common.media import sniff
@@ -52,6 +53,8 @@ async def handle_requested(
     headers: Mapping[str, bytes],
     source: Source,
     policy: RetryPolicy,
+    thumbnails: Thumbnails,
+    renderer_version: int,
     *,
     now: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
@@ -72,6 +75,10 @@ async def handle_requested(
         return [_failed(event, exc, attempt, f" (gave up after {attempt} attempts)")]
     except ThumbsError as exc:
         return [_failed(event, exc, attempt)]
+    # A known image is answered here: its bytes need not travel through Kafka to the resizer again.
+    hit = await existing(thumbnails, download.sha256, payload.rendition, renderer_version)
+    if hit is not None:
+        return [Outgoing(event.follow(hit, STAGE))]
     fetched = Fetched(
         source_url=payload.source_url,
         source_sha256=download.sha256,

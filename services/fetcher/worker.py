@@ -8,8 +8,10 @@ from typing import Mapping
 import faust
 
 from services.common import metrics, stage
-from services.common.events import Event, Outgoing, REQUESTED
+from services.common.cassandra import connect
+from services.common.events import REQUESTED, Event, Outgoing
 from services.common.kafka import RETRY, KafkaPublisher
+from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings
 
 from .core import NOT_BEFORE_HEADER, STAGE, RetryPolicy, handle_requested
@@ -22,14 +24,16 @@ def build_fetcher(settings: Settings, *, publisher: KafkaPublisher | None = None
     app = stage.build_app(settings, STAGE)
     publisher = publisher or KafkaPublisher(settings)
     downloader = Downloader(settings)
+    thumbnails = ThumbnailRepository(connect(settings), settings.keyspace)
+    version = settings.renderer_version
     policy = RetryPolicy(settings.fetch_max_attempts, settings.fetch_retry_base_seconds)
 
     async def fresh(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
-        return await handle_requested(event, headers, downloader, policy)
+        return await handle_requested(event, headers, downloader, policy, thumbnails, version)
 
     async def retried(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
         await asyncio.sleep(_wait_seconds(headers))
-        return await handle_requested(event, headers, downloader, policy)
+        return await handle_requested(event, headers, downloader, policy, thumbnails, version)
 
     concurrency = settings.fetch_concurrency
     stage.attach(app, stage.StageRunner(STAGE, settings, publisher, fresh), [settings.topic(REQUESTED)], concurrency=concurrency)

@@ -26,7 +26,7 @@ def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = No
         return []
 
     # The publisher only carries dead letters here.
-    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle)
+    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle, with_images=False)
     topics = [settings.topic(t) for t in (REQUESTED, FETCHED, COMPLETED, FAILED)]
     stage.attach(app, runner, topics, concurrency=16)
     return app
