@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, ResponseFuture, Session
-from cassandra.policies import RoundRobinPolicy
+from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
 
 from .settings import Settings, SettingsError
 
@@ -68,6 +68,8 @@ def connect(settings: Settings, *, keyspace: str | None = None, timeout: float =
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=timeout,
         protocol_version=5,
+        # The driver's default backs off to 10 minutes; a restarted node should be used within seconds.
+        reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
     )
     return cluster.connect(keyspace)
 

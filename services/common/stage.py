@@ -44,6 +44,9 @@ def build_app(settings: Settings, stage: str) -> faust.App:
         consumer_max_fetch_size=CONSUMER_FETCH_BYTES,
         stream_wait_empty=False,
         broker_commit_interval=1.0,
+        # A killed worker's partitions move to the survivors after this long (Faust's default is 60 s).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
 
 

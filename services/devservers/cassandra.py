@@ -37,9 +37,9 @@ JVM_FLAGS = (
     "-Dio.netty.allocator.maxOrder=11",
     # Without it CassandraDaemon closes stdout/stderr, hiding late JVM errors from stdout.log.
     "-Dcassandra-foreground=yes",
-    # A single local node has nobody to gossip with and nothing worth an fsync.
+    # A single local node has nobody to gossip with. No skip_sync/unsafesystem: with them a SIGKILLed
+    # node came back without the keyspace (its commit log never reached the file), which the chaos run caught.
     "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.ring_delay_ms=1000",
-    "-Dcassandra.skip_sync=true", "-Dcassandra.unsafesystem=true",
 )
 
 
