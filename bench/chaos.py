@@ -217,8 +217,9 @@ def main() -> int:
         load.start()
         phase = args.tasks / args.rate / (len(FAULTS) + 1)
         recoveries: dict[str, float] = {}
-        for fault in FAULTS:
-            time.sleep(phase)
+        for number, fault in enumerate(FAULTS, 1):
+            # Fixed times, spread over the load, so every fault lands while tasks are still arriving.
+            time.sleep(max(0.0, began + number * phase - time.monotonic()))
             at = time.monotonic()
             print(f"[{at - began:6.1f}s] SIGKILL {fault}", flush=True)
             if fault in ("kafka", "cassandra"):

@@ -200,3 +200,37 @@ def test_poison_records_go_to_the_dead_letter_topic_and_stages_keep_serving(
     task_id = client.post("/thumbnail", json={"source_url": url}).json()["task_id"]
     assert poll_terminal(client, task_id)["status"] == "SUCCESS"
     assert stack.metric("fetcher", "thumbs_dead_letters_total") >= 2
+
+
+def test_requests_produced_straight_to_kafka(client: httpx.Client, images: ImageServer, stack: Stack) -> None:
+    """An external producer: minimal event, unknown extra fields, and the same event sent twice."""
+    import asyncio
+    import json
+    import uuid
+
+    from services.common.kafka import KafkaPublisher
+
+    url = images.add("/external.jpg", photo(300, 150, seed=7))
+    minimal_id, extra_id, twice_id = (str(uuid.uuid4()) for _ in range(3))
+
+    def event(task_id: str, **extra: object) -> bytes:
+        body = {"event_id": str(uuid.uuid4()), "type": "thumbnail.requested", "version": 1, "task_id": task_id,
+                "payload": {"source_url": url}, **extra}
+        return json.dumps(body).encode()
+
+    with_extras = event(extra_id, producer="system-b", shiny=True)
+    with_extras = with_extras.replace(b'"payload": {', b'"payload": {"priority": "high", ')
+    twice = event(twice_id)
+    publisher = KafkaPublisher(stack.settings)
+
+    async def produce() -> None:
+        topic = stack.settings.topic("thumbnail.requested")
+        for task_id, value in ((minimal_id, event(minimal_id)), (extra_id, with_extras), (twice_id, twice), (twice_id, twice)):
+            await publisher.publish(topic, task_id.encode(), value)
+
+    asyncio.run(produce())
+    publisher.close()
+    for task_id in (minimal_id, extra_id, twice_id):
+        body = poll_terminal(client, task_id)
+        assert body["status"] == "SUCCESS", body
+        assert (body["width"], body["height"]) == (100, 50)
