@@ -112,8 +112,8 @@ data_file_directories: [{data / 'data'}]
 commitlog_directory: {data / 'commitlog'}
 hints_directory: {data / 'hints'}
 saved_caches_directory: {data / 'saved_caches'}
-commitlog_sync: periodic
-commitlog_sync_period: 10000ms
+commitlog_sync: group
+commitlog_sync_group_window: 10ms
 # The largest mutation is half a segment; 32 MiB keeps room for big thumbnails.
 commitlog_segment_size: 32MiB
 auto_snapshot: false

@@ -9,9 +9,10 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 
@@ -187,3 +188,23 @@ def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> 
             return last
         time.sleep(0.1)
     raise AssertionError(f"task {task_id} not terminal after {timeout}s: {last}")
+
+
+@contextmanager
+def running_stack(
+    kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp: Path, **extra: str
+) -> Iterator[Stack]:
+    """An isolated environment (topics and tables created) with every process running until exit."""
+    from services.common.cassandra import migrate
+    from services.common.kafka import ensure_topics
+
+    env = isolated_env(kafka_bootstrap, cassandra_contact, tmp, **extra)
+    ensure_topics(settings_of(env))
+    migrate(settings_of(env))
+    stack = Stack(env)
+    stack.start()
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()

@@ -7,10 +7,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from services.common.cassandra import connect, migrate
-from services.common.kafka import ensure_topics
+from services.common.cassandra import connect
 
-from .stack import ImageServer, Stack, isolated_env, poll_terminal, settings_of
+from .stack import ImageServer, Stack, poll_terminal, running_stack
 from .test_pipeline import photo
 
 TASKS_PER_STAGE = 40
@@ -24,17 +23,8 @@ def with_comment(jpeg: bytes, text: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = isolated_env(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("crash"))
-    settings = settings_of(env)
-    ensure_topics(settings)
-    migrate(settings)
-    stack = Stack(env)
-    stack.start()
-    try:
-        stack.wait_ready()
+    with running_stack(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("crash")) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.mark.parametrize("victim", ["fetcher", "resizer", "projector"])

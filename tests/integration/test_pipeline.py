@@ -4,17 +4,13 @@ from __future__ import annotations
 import base64
 import io
 import random
-from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from services.common.cassandra import migrate
-from services.common.kafka import ensure_topics
-
-from .stack import ImageServer, Stack, isolated_env, poll_terminal, settings_of
+from .stack import ImageServer, Stack, poll_terminal, running_stack
 
 
 def photo(width: int, height: int, seed: int) -> bytes:
@@ -33,17 +29,8 @@ def photo(width: int, height: int, seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = isolated_env(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("stack"))
-    settings = settings_of(env)
-    ensure_topics(settings)
-    migrate(settings)
-    stack = Stack(env)
-    stack.start()
-    try:
-        stack.wait_ready()
+    with running_stack(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("stack")) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

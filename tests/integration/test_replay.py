@@ -15,10 +15,10 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from services.common.cassandra import connect, migrate
-from services.common.kafka import client_config, ensure_topics
+from services.common.cassandra import connect
+from services.common.kafka import client_config
 
-from .stack import REPO, ImageServer, Stack, isolated_env, poll_terminal, settings_of, wait_for
+from .stack import REPO, ImageServer, Stack, poll_terminal, running_stack, wait_for
 from .test_pipeline import photo
 
 TASKS, IMAGES = 500, 25
@@ -29,17 +29,8 @@ BAD_TTL = "3000000000"  # beyond Cassandra's int32 TTL: the driver refuses every
 def stack(
     kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    env = isolated_env(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("replay"))
-    settings = settings_of(env)
-    ensure_topics(settings)
-    migrate(settings)
-    stack = Stack(env)
-    stack.start()
-    try:
-        stack.wait_ready()
+    with running_stack(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("replay")) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
