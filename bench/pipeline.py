@@ -211,8 +211,10 @@ def rows(name: str, r: dict[str, Any], args: argparse.Namespace) -> list[Row]:
                  verdict(r["resizes"] == r["distinct_images"]))]
     else:
         out += [("throughput (tasks/s)", f"{r['throughput']:.1f}", "", ""),
-                ("resizes (all should be dedupe hits)", f"{r['resizes']:.0f} (hits {r['dedupe_hits']:.0f})", "0",
-                 verdict(r["resizes"] == 0))]
+                # The soak renders one task in five (a new image); the other scenarios only dedupe.
+                ("resizes (dedupe hits)", f"{r['resizes']:.0f} (hits {r['dedupe_hits']:.0f})",
+                 "1 in 5" if name == "soak" else "0",
+                 verdict(r["resizes"] == (r["posted"] // 5 if name == "soak" else 0)))]
     targets = {"dedupe": (30.0, 150.0)}.get(name)
     out += [("POST→completed p50", ms(lat["p50"]), f"≤ {targets[0]:.0f} ms" if targets else "",
              verdict(lat["p50"] is not None and lat["p50"] <= targets[0]) if targets else ""),
