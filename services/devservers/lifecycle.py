@@ -9,7 +9,7 @@ from services.common.settings import Settings
 from . import versions
 from .cassandra import Cassandra
 from .kafka import Kafka
-from .process import rss_kib, running_pid, spawn, tail, terminate
+from .process import is_alive, rss_kib, running_pid, spawn, tail, terminate
 from .server import Say, Server
 
 POLL_SECONDS = 0.5
@@ -87,7 +87,7 @@ def _await_ready(launches: list[Launch], say: Say) -> list[str]:
 def _check(launch: Launch, say: Say) -> str | None:
     """None while still starting, "" once ready, otherwise a failure report."""
     server, waited = launch.server, time.monotonic() - launch.since
-    if running_pid(server.layout.pid_file, server.main_class) is None:
+    if not is_alive(launch.pid, None):
         return _report(server, f"exited while starting (after {waited:.1f} s)")
     if server.answers():
         say(f"{server.name}: answering at {server.address()} after {waited:.1f} s (pid {launch.pid})")

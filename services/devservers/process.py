@@ -31,14 +31,15 @@ def running_pid(pid_file: Path, marker: str) -> int | None:
     return pid if is_alive(pid, marker) else None
 
 
-def is_alive(pid: int, marker: str) -> bool:
-    # The marker (the main class) guards against a recycled pid; a zombie counts as dead.
+def is_alive(pid: int, marker: str | None) -> bool:
+    # The marker (the main class) guards against a recycled pid; a zombie counts as dead. A process we
+    # have just spawned is checked without it: its command line can lag behind the exec for a moment.
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return state != "Z" and marker in cmdline
+    return state != "Z" and (marker is None or marker in cmdline)
 
 
 def terminate(targets: Mapping[int, str], *, grace: float = 30.0) -> list[int]:
