@@ -25,6 +25,7 @@ REQUESTED = "thumbnail.requested"
 FETCHED = "thumbnail.fetched"
 COMPLETED = "thumbnail.completed"
 FAILED = "thumbnail.failed"
+RETRY = "thumbnail.requested.retry"  # requested events waiting for another attempt
 EVENT_TYPES = (REQUESTED, FETCHED, COMPLETED, FAILED)
 FORMATS = ("jpeg", "png", "webp")
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}

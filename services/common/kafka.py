@@ -11,12 +11,11 @@ from typing import Any, Sequence
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from .events import COMPLETED, FAILED, FETCHED, REQUESTED, Event, encode
+from .events import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, Event, encode
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-from .metrics import RETRY_TOPIC as RETRY
 DLQ = "thumbnail.dlq"
 PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, COMPLETED, FAILED, DLQ)
 # Events carry the source image inline (base64, +33 %), so the limit sits above fetch_max_bytes * 4/3.

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-from .events import Completed, Failed, Outgoing
-
-RETRY_TOPIC = "thumbnail.requested.retry"
+from .events import RETRY, Completed, Failed, Outgoing
 
 EVENTS_IN = Counter("thumbs_events_in_total", "Records consumed, by stage and topic.", ["stage", "topic"])
 EVENTS_OUT = Counter("thumbs_events_out_total", "Events produced, by stage and event type.", ["stage", "type"])
@@ -29,7 +27,7 @@ HTTP_SECONDS = Histogram(
 def count_outputs(stage: str, outputs: list[Outgoing]) -> None:
     for out in outputs:
         EVENTS_OUT.labels(stage, out.event.type).inc()
-        if out.topic == RETRY_TOPIC:
+        if out.topic == RETRY:
             RETRIES.labels(stage).inc()
         payload = out.event.payload
         if isinstance(payload, Failed):

@@ -8,9 +8,8 @@ from typing import Callable, Mapping, Protocol
 
 from services.common.dedupe import Thumbnails, existing
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
-from services.common.events import Event, EventError, Failed, Fetched, Outgoing, Requested
+from services.common.events import RETRY, Event, EventError, Failed, Fetched, Outgoing, Requested
 from services.common.media import sniff
-from services.common.metrics import RETRY_TOPIC
 
 STAGE = "fetcher"
 ATTEMPT_HEADER = "thumbs-attempt"
@@ -71,7 +70,7 @@ async def handle_requested(
         if attempt < policy.max_attempts:
             not_before = int((now() + policy.delay(attempt, jitter())) * 1000)
             retry_headers = ((ATTEMPT_HEADER, str(attempt + 1).encode()), (NOT_BEFORE_HEADER, str(not_before).encode()))
-            return [Outgoing(event, topic=RETRY_TOPIC, headers=retry_headers)]
+            return [Outgoing(event, topic=RETRY, headers=retry_headers)]
         return [_failed(event, exc, attempt, f" (gave up after {attempt} attempts)")]
     except ThumbsError as exc:
         return [_failed(event, exc, attempt)]

@@ -8,15 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator
 
-from services.common.events import COMPLETED, FAILED, FETCHED, REQUESTED, EventError, decode
-from services.common.metrics import RETRY_TOPIC
+from services.common.events import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, EventError, decode
 
 Headers = tuple[tuple[str, bytes], ...]
 REPLAY_HEADER = "thumbs-replay"
 REDRIVE_HEADER = "thumbs-redriven"
 # Which topics each stage's consumer group reads (see each stage's worker.py).
 STAGE_TOPICS = {
-    "fetcher": (REQUESTED, RETRY_TOPIC),
+    "fetcher": (REQUESTED, RETRY),
     "resizer": (FETCHED,),
     "projector": (REQUESTED, FETCHED, COMPLETED, FAILED),
 }

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from services.common.settings import Settings
 from services.devservers.lifecycle import ensure_running
 
 from .containers import cassandra_container, docker_answers, kafka_container
+from .stack import ImageServer, Stack
 
 
 @pytest.fixture(scope="session")
@@ -52,4 +54,18 @@ def cassandra_contact(docker_available: bool) -> Iterator[tuple[tuple[str, ...],
         yield settings.cassandra_hosts, settings.cassandra_port
 
 
-# Per-test isolation fixtures (a fresh topic prefix, a fresh keyspace) belong below this line.
+# Shared by the modules that define a module-scoped `stack` (each its own topics and keyspace).
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator[ImageServer]:
+    """Source images served on 127.0.0.2, the one network the stacks' fetchers may reach."""
+    server = ImageServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api, timeout=10) as http:
+        yield http

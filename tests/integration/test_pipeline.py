@@ -33,19 +33,6 @@ def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], 
         yield stack
 
 
-@pytest.fixture(scope="module")
-def images() -> Iterator[ImageServer]:
-    server = ImageServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def client(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api, timeout=10) as http:
-        yield http
-
-
 def test_post_poll_success_file_and_etag(client: httpx.Client, images: ImageServer) -> None:
     url = images.add("/e2e/photo.jpg", photo(640, 480, seed=1))
     response = client.post("/thumbnail", json={"source_url": url})

@@ -34,19 +34,6 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-def images() -> Iterator[ImageServer]:
-    server = ImageServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def client(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api, timeout=10) as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
 def batch(client: httpx.Client, images: ImageServer) -> dict[str, str]:
     """TASKS tasks over IMAGES distinct pictures, all finished: task id -> terminal status."""
     urls = [images.add(f"/batch/{n}.jpg", photo(320, 240, seed=100 + n)) for n in range(IMAGES)]
