@@ -2,6 +2,10 @@
 
 Each event type and version has a JSON Schema under `schemas/`; `decode` validates against it, so
 what the code accepts is exactly what the published contract allows (unknown fields are ignored).
+
+Events are JSON record values, except `thumbnail.fetched` v2: its value is the source image itself and
+its JSON rides in the `thumbs-event` header, so megabytes of image are neither base64-encoded nor parsed
+as JSON by every consumer (v1, the image inline as base64, is still read: old records can be replayed).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cache
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
@@ -27,6 +31,7 @@ COMPLETED = "thumbnail.completed"
 FAILED = "thumbnail.failed"
 RETRY = "thumbnail.requested.retry"  # requested events waiting for another attempt
 EVENT_TYPES = (REQUESTED, FETCHED, COMPLETED, FAILED)
+EVENT_HEADER = "thumbs-event"  # carries the event's JSON when the record value is an image
 FORMATS = ("jpeg", "png", "webp")
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -91,6 +96,7 @@ class Failed:
 Payload = Union[Requested, Fetched, Completed, Failed]
 _PAYLOAD_TYPES: dict[str, type] = {REQUESTED: Requested, FETCHED: Fetched, COMPLETED: Completed, FAILED: Failed}
 _TYPE_OF = {cls: name for name, cls in _PAYLOAD_TYPES.items()}
+WRITTEN_VERSIONS = {REQUESTED: 1, FETCHED: 2, COMPLETED: 1, FAILED: 1}
 
 
 def now_iso() -> str:
@@ -107,11 +113,15 @@ class Event:
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     occurred_at: str = field(default_factory=now_iso)
     correlation_id: str = ""
-    version: int = 1
 
     @property
     def type(self) -> str:
         return _TYPE_OF[type(self.payload)]
+
+    @property
+    def version(self) -> int:
+        """The version this code writes (it reads older ones too)."""
+        return WRITTEN_VERSIONS[self.type]
 
     @property
     def key(self) -> bytes:
@@ -169,16 +179,26 @@ def encode_dead_letter(
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def encode(event: Event) -> bytes:
+@dataclass(frozen=True)
+class Encoded:
+    """A Kafka record's value and the headers the codec needs (only the event header, for images)."""
+
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def encode(event: Event) -> Encoded:
     if isinstance(event.payload, Fetched):
-        # Not asdict(): it would deep-copy the image bytes.
-        fetched = event.payload
+        fetched = event.payload  # not asdict(): it would deep-copy the image bytes
         payload = {
             "source_url": fetched.source_url, "source_sha256": fetched.source_sha256, "media_type": fetched.media_type,
-            "image_base64": base64.b64encode(fetched.image).decode("ascii"), "rendition": asdict(fetched.rendition),
+            "image_size": len(fetched.image), "rendition": asdict(fetched.rendition),
         }
-    else:
-        payload = asdict(event.payload)
+        return Encoded(fetched.image, ((EVENT_HEADER, _json(event, payload)),))
+    return Encoded(_json(event, asdict(event.payload)))
+
+
+def _json(event: Event, payload: dict[str, Any]) -> bytes:
     document = {
         "event_id": event.event_id,
         "type": event.type,
@@ -192,14 +212,12 @@ def encode(event: Event) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes | None, *, with_image: bool = True) -> Event:
-    """Parse and validate one event; raises EventError with a reason fit for the dead-letter record.
-
-    `with_image=False` leaves a fetched event's image empty: the projector needs only its hash, and
-    decoding megabytes of base64 per task was most of its work.
-    """
+def decode(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = ()) -> Event:
+    """Parse and validate one record; raises EventError with a reason fit for the dead-letter record."""
+    carried = next((raw for name, raw in headers if name == EVENT_HEADER), None)
+    raw = value if carried is None else carried
     if not raw:
-        raise EventError("empty message")
+        raise EventError("empty message" if carried is None else f"empty {EVENT_HEADER} header")
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -210,24 +228,22 @@ def decode(raw: bytes | None, *, with_image: bool = True) -> Event:
     validator = _validators().get((kind, version))
     if validator is None:
         raise EventError(f"unknown event type/version: {kind!r} v{version!r}")
+    if (carried is not None) != (kind == FETCHED and version == 2):
+        raise EventError(f"only thumbnail.fetched v2 travels in the {EVENT_HEADER} header, with the image as the value")
     error = next(iter(sorted(validator.iter_errors(document), key=lambda e: e.path)), None)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise EventError(f"schema violation at {where}: {error.message[:300]}")
-    return _build(kind, document, with_image)
+    return _build(kind, document, value if carried is not None else None)
 
 
-def _build(kind: str, document: dict[str, Any], with_image: bool) -> Event:
+def _build(kind: str, document: dict[str, Any], image: bytes | None) -> Event:
     payload = dict(document["payload"])
     names = _PAYLOAD_TYPES[kind].__dataclass_fields__
     if "rendition" in names:
         payload["rendition"] = Rendition(**{**asdict(Rendition()), **_known(Rendition, payload.get("rendition", {}))})
     if kind == FETCHED:
-        text = payload.pop("image_base64")
-        try:
-            payload["image"] = binascii.a2b_base64(text.encode("ascii"), strict_mode=True) if with_image else b""
-        except (ValueError, UnicodeEncodeError) as exc:
-            raise EventError(f"image_base64 is not base64: {exc}") from None
+        payload["image"] = _image_v1(payload.pop("image_base64")) if image is None else _image_v2(image, payload)
     return Event(
         task_id=document["task_id"],
         payload=_PAYLOAD_TYPES[kind](**_known(_PAYLOAD_TYPES[kind], payload)),
@@ -235,8 +251,20 @@ def _build(kind: str, document: dict[str, Any], with_image: bool) -> Event:
         event_id=document["event_id"],
         occurred_at=document.get("occurred_at") or now_iso(),
         correlation_id=document.get("correlation_id", ""),
-        version=document["version"],
     )
+
+
+def _image_v1(text: str) -> bytes:
+    try:
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise EventError(f"image_base64 is not base64: {exc}") from None
+
+
+def _image_v2(image: bytes, payload: dict[str, Any]) -> bytes:
+    if len(image) != payload["image_size"]:  # a truncated or swapped value must not be rendered
+        raise EventError(f"the record value has {len(image)} bytes, the event says image_size {payload['image_size']}")
+    return image
 
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -11,14 +11,14 @@ from typing import Any, Sequence
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from .events import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, Event, encode
+from .events import COMPLETED, EVENT_HEADER, FAILED, FETCHED, REQUESTED, RETRY, Event, encode
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 DLQ = "thumbnail.dlq"
 PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, COMPLETED, FAILED, DLQ)
-# Events carry the source image inline (base64, +33 %), so the limit sits above fetch_max_bytes * 4/3.
+# thumbnail.fetched records carry the source image (up to fetch_max_bytes) and its event header.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 Headers = Sequence[tuple[str, bytes]]
 
@@ -92,7 +92,9 @@ class KafkaPublisher:
         await acked
 
     async def publish_event(self, event: Event, headers: Headers | None = None, *, topic: str | None = None) -> None:
-        await self.publish(self._settings.topic(topic or event.type), event.key, encode(event), headers)
+        record = encode(event)
+        extra = [(name, raw) for name, raw in headers or () if name != EVENT_HEADER]  # never a stale event header
+        await self.publish(self._settings.topic(topic or event.type), event.key, record.value, [*extra, *record.headers])
 
     def reachable(self, timeout: float = 2.0) -> bool:
         try:

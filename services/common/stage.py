@@ -1,73 +1,75 @@
-"""The thin Kafka edge every stage shares: consume with Faust, decode, call the core, produce, then move on.
+"""The thin Kafka edge every stage shares: consume, decode, call the core, produce, then commit past it.
 
-At-least-once: Faust commits an offset only after the agent has moved past the record, and the runner
-moves past a record only once every output is acknowledged by Kafka (and Cassandra writes are done).
+At-least-once: an offset is committed only once every record before it has been handled, and a record
+counts as handled only when every output is acknowledged by Kafka (and Cassandra writes are done).
 Records that cannot be handled go to the dead-letter topic; Kafka or Cassandra outages stall and retry
 the record instead, so nothing is lost while a dependency is down.
+
+The consumer is confluent-kafka's (librdkafka parses records in C and bounds read-ahead in bytes): records
+are handled concurrently as asyncio tasks, up to a limit per subscription.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
-from typing import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Mapping, Sequence
 
-import faust
 from cassandra import DriverException, RequestExecutionException
 from cassandra.cluster import NoHostAvailable
+import uvloop
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from . import metrics
 from .events import EventError, Event, Outgoing, decode, encode_dead_letter
-from .kafka import DLQ, KafkaPublisher, PublishError
+from .kafka import DLQ, MAX_MESSAGE_BYTES, KafkaPublisher, PublishError, client_config
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event, Mapping[str, bytes]], Awaitable[list[Outgoing]]]
 INFRASTRUCTURE_ERRORS = (PublishError, NoHostAvailable, RequestExecutionException, DriverException, ConnectionError)
-CONSUMER_FETCH_BYTES = 4 * 1024 * 1024  # a larger single record is still returned whole (KIP-74)
+READ_AHEAD_KIB = 16 * 1024  # records fetched but not yet handed to a handler (each may hold a whole image)
+COMMIT_INTERVAL_S = 1.0
+SHUTDOWN_GRACE_S = 10.0
 
 
-def build_app(settings: Settings, stage: str) -> faust.App:
-    datadir = settings.state_dir / "workers" / settings.group(stage)
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
-        settings.group(stage),
-        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
-        value_serializer="raw",
-        key_serializer="raw",
-        datadir=str(datadir),
-        web_enabled=False,
-        topic_allow_declare=False,  # `thumbs topics` owns partitions and configs
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=CONSUMER_FETCH_BYTES,
-        stream_wait_empty=False,
-        broker_commit_interval=1.0,
-        # A killed worker's partitions move to the survivors after this long (Faust's default is 60 s).
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
-    )
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka record, detached from the client."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, message: Message) -> "Record":
+        return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
+                   _headers(message.headers()))
 
 
 class StageRunner:
-    def __init__(
-        self, stage: str, settings: Settings, publisher: KafkaPublisher, handler: Handler, *, with_images: bool = True
-    ) -> None:
+    def __init__(self, stage: str, settings: Settings, publisher: KafkaPublisher, handler: Handler) -> None:
         self.stage = stage
-        self._with_images = with_images
         self._settings = settings
         self._publisher = publisher
         self._handler = handler
 
-    async def handle(self, message: faust.types.tuples.Message) -> None:
+    async def handle(self, message: Record) -> None:
         """Handles one Kafka record to completion; returns only when it is safe to commit past it."""
         started = time.perf_counter()
         topic = message.topic
         metrics.EVENTS_IN.labels(self.stage, topic).inc()
-        headers = _headers(message.headers)
+        headers = message.headers
         try:
-            event = decode(message.value, with_image=self._with_images)
+            event = decode(message.value, headers)
         except EventError as exc:
             await self._dead_letter(message, str(exc))
             return
@@ -90,15 +92,15 @@ class StageRunner:
         metrics.count_outputs(self.stage, outputs)
         metrics.STAGE_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
 
-    async def _dead_letter(self, message: faust.types.tuples.Message, reason: str) -> None:
+    async def _dead_letter(self, message: Record, reason: str) -> None:
         log.warning("%s: dead-lettering %s[%s]@%s: %s", self.stage, message.topic, message.partition, message.offset, reason)
         record = encode_dead_letter(
             reason=reason, stage=self.stage, topic=message.topic, partition=message.partition,
-            offset=message.offset, key=message.key, value=message.value, headers=_headers(message.headers),
+            offset=message.offset, key=message.key, value=message.value, headers=message.headers,
         )
         for attempt in range(1, 1_000_000):
             try:
-                await self._publisher.publish(self._settings.topic(DLQ), message.key, record, _headers(message.headers))
+                await self._publisher.publish(self._settings.topic(DLQ), message.key, record, message.headers)
                 break
             except PublishError as exc:
                 log.warning("%s: dead-letter publish failed, retrying: %s", self.stage, exc)
@@ -113,17 +115,173 @@ def _headers(raw: object) -> list[tuple[str, bytes]]:
     return [(str(k), v if isinstance(v, bytes) else (v or b"")) for k, v in items]  # type: ignore[union-attr]
 
 
-def attach(app: faust.App, runner: StageRunner, topics: list[str], *, concurrency: int, name: str = "") -> None:
-    """Subscribes `runner` to `topics` as a Faust agent with `concurrency` actors sharing the partitions."""
-    channel = app.topic(*topics, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw")
+class Offsets:
+    """Where a partition may be committed: just before its oldest record still in flight.
 
-    async def agent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await runner.handle(event.message)
+    Records finish out of order; committing past an unfinished one would lose it in a crash.
+    Shared by the event loop (start/finish) and the consumer thread (rebalance callbacks).
+    """
 
-    app.agent(channel, name=name or f"{runner.stage}-agent", concurrency=concurrency)(agent)
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._in_flight: dict[tuple[str, int], set[int]] = {}
+        self._next: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+
+    def start(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            self._in_flight.setdefault((topic, partition), set()).add(offset)
+            self._next[(topic, partition)] = max(self._next.get((topic, partition), 0), offset + 1)
+
+    def finish(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            self._in_flight.get((topic, partition), set()).discard(offset)
+            self._lock.notify_all()
+
+    def wait_finished(self, partitions: Sequence[tuple[str, int]], timeout: float) -> bool:
+        """Blocks (on the consumer thread) until no record of `partitions` is in flight, or `timeout` passes."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not any(self._in_flight.get(tp) for tp in partitions), timeout)
+
+    def committable(self, partitions: Sequence[tuple[str, int]] | None = None) -> list[TopicPartition]:
+        """Positions that moved since the last call, for the given partitions (default: all)."""
+        with self._lock:
+            out = []
+            for tp in list(self._next) if partitions is None else partitions:
+                if tp not in self._next:
+                    continue
+                pending = self._in_flight.get(tp)
+                position = min(pending) if pending else self._next[tp]
+                if self._committed.get(tp) != position:
+                    self._committed[tp] = position
+                    out.append(TopicPartition(tp[0], tp[1], position))
+            return out
+
+    def forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """A revoked partition's late finishes must not be committed by this member any more."""
+        with self._lock:
+            for tp in partitions:
+                self._in_flight.pop(tp, None)
+                self._next.pop(tp, None)
+                self._committed.pop(tp, None)
 
 
-def run(app: faust.App) -> None:
-    """Runs the worker in the foreground until SIGINT/SIGTERM."""
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+class Subscription:
+    """One consumer-group member feeding `runner` from `topics`, at most `concurrency` records at a time."""
+
+    def __init__(self, settings: Settings, runner: StageRunner, topics: list[str], *, concurrency: int) -> None:
+        self.runner = runner
+        self._topics = topics
+        self._concurrency = concurrency
+        self._offsets = Offsets()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        # confluent-kafka calls block: they run on this member's own thread, one at a time.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{runner.stage}-consumer")
+        self._consumer = Consumer({
+            **client_config(settings),
+            "group.id": settings.group(runner.stage),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",  # a joining member moves only what it takes
+            # A killed member's partitions move to the survivors after this long.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
+            "queued.max.messages.kbytes": READ_AHEAD_KIB,
+            "fetch.max.bytes": 8 * 1024 * 1024,  # a larger single record is still returned whole (KIP-74)
+            "receive.message.max.bytes": MAX_MESSAGE_BYTES + 1024 * 1024,
+            "fetch.wait.max.ms": 100,
+        })
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self._consumer.subscribe(self._topics, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        last_commit = time.monotonic()
+        try:
+            while not stopping.is_set():
+                free = self._concurrency - len(self._tasks)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await _first(self._slot_freed.wait(), stopping.wait())
+                    continue
+                for message in await loop.run_in_executor(self._thread, self._take, free):
+                    self._dispatch(message)
+                if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+                    await loop.run_in_executor(self._thread, self._commit, None)
+                    last_commit = time.monotonic()
+        finally:
+            await self._drain(loop)
+
+    def _take(self, most: int) -> list[Message]:
+        """Waits briefly for one record, then takes what else is already fetched without waiting:
+        consume(n, timeout) alone would hold a lone record until n arrive or the timeout passes."""
+        first = self._consumer.consume(1, 0.1)
+        return first + self._consumer.consume(most - 1, 0) if first and most > 1 else first
+
+    def _dispatch(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("%s: consumer error: %s", self.runner.stage, error)
+            return
+        record = Record.of(message)
+        self._offsets.start(record.topic, record.partition, record.offset)
+        task = asyncio.get_running_loop().create_task(self._handle(record))
+        self._tasks.add(task)
+
+    async def _handle(self, record: Record) -> None:
+        try:
+            await self.runner.handle(record)
+        finally:
+            self._offsets.finish(record.topic, record.partition, record.offset)
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._slot_freed.set()
+
+    def _commit(self, partitions: Sequence[tuple[str, int]] | None) -> None:
+        offsets = self._offsets.committable(partitions)
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. mid-rebalance: the records are simply handled again
+            log.warning("%s: commit failed: %s", self.runner.stage, exc)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Runs on the consumer thread inside consume(): let in-flight records finish (their outputs would
+        otherwise be produced twice, once here and once by the next owner), commit, let the partitions go."""
+        revoked = [(p.topic, p.partition) for p in partitions]
+        if not self._offsets.wait_finished(revoked, SHUTDOWN_GRACE_S):
+            log.warning("%s: records still in flight on revoked partitions; they may be handled again", self.runner.stage)
+        self._commit(revoked)
+        self._offsets.forget(revoked)
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Finish what is in flight (bounded), commit it, and leave the group so others take over at once."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_GRACE_S)
+        await loop.run_in_executor(self._thread, self._commit, None)
+        await loop.run_in_executor(self._thread, self._consumer.close)
+        self._thread.shutdown(wait=False)
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
+def run(subscriptions: list[Subscription], *, on_stop: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+    """Runs the stage in the foreground until SIGINT/SIGTERM, then finishes in-flight records and closes."""
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        try:
+            await asyncio.gather(*(s.run(stopping) for s in subscriptions))
+        finally:
+            for close in on_stop:
+                await close()
+
+    uvloop.run(main())

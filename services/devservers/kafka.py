@@ -108,7 +108,7 @@ def server_properties(port: int, data: Path) -> str:
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data),
         "num.partitions": "6",
-        # Faust creates its changelog and leader topics itself; the pipeline topics come from `thumbs topics`.
+        # The pipeline topics come from `thumbs topics`; this spares ad-hoc tools (kcat, tests) a create step.
         "auto.create.topics.enable": "true",
         "default.replication.factor": "1",
         "min.insync.replicas": "1",

@@ -1,11 +1,9 @@
-"""Fetcher process: Faust agents on thumbnail.requested and its retry topic, around the fetcher core."""
+"""Fetcher process: consumers of thumbnail.requested and of its retry topic, around the fetcher core."""
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import Mapping
-
-import faust
 
 from services.common import metrics, stage
 from services.common.cassandra import connect
@@ -20,8 +18,7 @@ from .download import Downloader
 MAX_RETRY_WAIT_S = 600.0  # a corrupt not-before header must not park a partition for longer
 
 
-def build_fetcher(settings: Settings, *, publisher: KafkaPublisher | None = None) -> faust.App:
-    app = stage.build_app(settings, STAGE)
+def build_fetcher(settings: Settings, *, publisher: KafkaPublisher | None = None) -> tuple[list[stage.Subscription], Downloader]:
     publisher = publisher or KafkaPublisher(settings)
     downloader = Downloader(settings)
     thumbnails = ThumbnailRepository(connect(settings), settings.keyspace)
@@ -35,11 +32,15 @@ def build_fetcher(settings: Settings, *, publisher: KafkaPublisher | None = None
         await asyncio.sleep(_wait_seconds(headers))
         return await handle_requested(event, headers, downloader, policy, thumbnails, version)
 
+    # Retries wait out their delay in a slot of their own member, so they never hold up fresh requests.
     concurrency = settings.fetch_concurrency
-    stage.attach(app, stage.StageRunner(STAGE, settings, publisher, fresh), [settings.topic(REQUESTED)], concurrency=concurrency)
-    retry_runner = stage.StageRunner(STAGE, settings, publisher, retried)
-    stage.attach(app, retry_runner, [settings.topic(RETRY)], concurrency=concurrency, name="fetcher-retry")
-    return app
+    subscriptions = [
+        stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, fresh), [settings.topic(REQUESTED)],
+                           concurrency=concurrency),
+        stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, retried), [settings.topic(RETRY)],
+                           concurrency=concurrency),
+    ]
+    return subscriptions, downloader
 
 
 def _wait_seconds(headers: Mapping[str, bytes]) -> float:
@@ -52,4 +53,5 @@ def _wait_seconds(headers: Mapping[str, bytes]) -> float:
 
 def main(settings: Settings) -> None:
     metrics.serve(settings.api_host, settings.fetcher_metrics_port)
-    stage.run(build_fetcher(settings))
+    subscriptions, downloader = build_fetcher(settings)
+    stage.run(subscriptions, on_stop=[downloader.close])

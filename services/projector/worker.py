@@ -1,9 +1,8 @@
-"""Projector process: a Faust agent on every pipeline topic, materialising task rows in Cassandra."""
+"""Projector process: a consumer of every pipeline topic, materialising task rows in Cassandra."""
 from __future__ import annotations
 
 from typing import Mapping
 
-import faust
 
 from services.common import metrics, stage
 from services.common.cassandra import connect
@@ -17,8 +16,7 @@ from .core import project
 STAGE = "projector"
 
 
-def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = None) -> faust.App:
-    app = stage.build_app(settings, STAGE)
+def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = None) -> stage.Subscription:
     tasks = TaskRepository(connect(settings), settings.keyspace, settings.task_ttl_seconds)
 
     async def handle(event: Event, _headers: Mapping[str, bytes]) -> list[Outgoing]:
@@ -26,12 +24,11 @@ def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = No
         return []
 
     # The publisher only carries dead letters here.
-    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle, with_images=False)
+    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle)
     topics = [settings.topic(t) for t in (REQUESTED, FETCHED, COMPLETED, FAILED)]
-    stage.attach(app, runner, topics, concurrency=16)
-    return app
+    return stage.Subscription(settings, runner, topics, concurrency=16)
 
 
 def main(settings: Settings) -> None:
     metrics.serve(settings.api_host, settings.projector_metrics_port)
-    stage.run(build_projector(settings))
+    stage.run([build_projector(settings)])

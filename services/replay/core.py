@@ -65,10 +65,10 @@ def epoch_ms(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
-def task_id_of(value: bytes | None) -> str | None:
-    """The task id of a valid event; None for bytes the stages would dead-letter anyway."""
+def task_id_of(record: Record) -> str | None:
+    """The task id of a valid event; None for records the stages would dead-letter anyway."""
     try:
-        return decode(value).task_id
+        return decode(record.value, record.headers).task_id
     except EventError:
         return None
 
@@ -79,7 +79,7 @@ def select(
     until: datetime | None = None,
     task_ids: Iterable[str] = (),
     *,
-    task_id: Callable[[bytes | None], str | None] = task_id_of,
+    task_id: Callable[[Record], str | None] = task_id_of,
 ) -> Iterator[Record]:
     """Records with `since <= time < until` whose value is a valid event (of one of `task_ids`, if given).
 
@@ -91,7 +91,7 @@ def select(
     for record in records:
         if (low is not None and record.timestamp_ms < low) or (high is not None and record.timestamp_ms >= high):
             continue
-        owner = task_id(record.value)
+        owner = task_id(record)
         if owner is None or (wanted and owner.lower() not in wanted):
             continue
         yield record

@@ -1,4 +1,4 @@
-"""Resizer process: a Faust agent on thumbnail.fetched; Pillow work runs in a process pool (one per core)."""
+"""Resizer process: a consumer of thumbnail.fetched; Pillow work runs in a process pool (one per core)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +12,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import AsyncIterator, Mapping
-
-import faust
 
 from services.common import metrics, stage
 from services.common.cassandra import connect
@@ -87,8 +85,7 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None) -> faust.App:
-    app = stage.build_app(settings, STAGE)
+def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None) -> stage.Subscription:
     publisher = publisher or KafkaPublisher(settings)
     thumbnails = ThumbnailRepository(connect(settings), settings.keyspace)
     render = ProcessRenderer(settings)
@@ -99,10 +96,10 @@ def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None
             return await handle_fetched(event, headers, thumbnails, render, settings.renderer_version)
 
     runner = stage.StageRunner(STAGE, settings, publisher, handle)
-    stage.attach(app, runner, [settings.topic(FETCHED)], concurrency=render.workers * 2)
-    return app
+    # Two records per pool worker: one rendering, one decoded and waiting, so no worker idles between them.
+    return stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=render.workers * 2)
 
 
 def main(settings: Settings) -> None:
     metrics.serve(settings.api_host, settings.resizer_metrics_port)
-    stage.run(build_resizer(settings))
+    stage.run([build_resizer(settings)])

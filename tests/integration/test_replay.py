@@ -158,7 +158,7 @@ def test_dead_letters_complete_after_the_fix_and_a_redrive(stack: Stack, client:
     ids = [client.post("/thumbnail", json={"source_url": url}).json()["task_id"] for url in urls]
     # requested, fetched and completed of each task: all dead-lettered by the projector
     wait_metric(stack, "projector", "thumbs_dead_letters_total", 3 * len(ids), timeout=60)
-    time.sleep(2.5)  # let Faust commit past them (commit interval 1 s): the fixed projector must not see them
+    time.sleep(2.5)  # let the projector commit past them (every 1 s): the fixed projector must not see them
     stack.stop("projector")
     del stack.env["THUMBS_TASK_TTL_SECONDS"]
     stack.start("projector")

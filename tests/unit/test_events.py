@@ -7,7 +7,7 @@ import pytest
 from referencing import Registry, Resource
 
 from services.common.events import (
-    SCHEMA_DIR, Completed, Event, EventError, Failed, Fetched, Rendition, Requested, decode, encode,
+    EVENT_HEADER, SCHEMA_DIR, Completed, Event, EventError, Failed, Fetched, Rendition, Requested, decode, encode,
     encode_dead_letter, schema_examples,
 )
 
@@ -35,9 +35,43 @@ PRODUCED = [
 
 @pytest.mark.parametrize("event", PRODUCED, ids=lambda e: e.type)
 def test_every_produced_event_validates_against_its_schema_file(event: Event) -> None:
-    document = json.loads(encode(event))
-    jsonschema.Draft202012Validator(_schema(f"{event.type}.v1.json"), registry=_registry()).validate(document)
-    assert decode(encode(event)) == event
+    record = encode(event)
+    headers = dict(record.headers)
+    document = json.loads(headers.get(EVENT_HEADER, record.value))
+    jsonschema.Draft202012Validator(_schema(f"{event.type}.v{event.version}.json"), registry=_registry()).validate(document)
+    assert decode(record.value, record.headers) == event
+
+
+def test_a_fetched_event_carries_the_image_as_the_record_value() -> None:
+    image = bytes(range(256)) * 40
+    record = encode(Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", image), "fetcher"))
+    assert record.value == image
+    assert json.loads(dict(record.headers)[EVENT_HEADER])["payload"]["image_size"] == len(image)
+
+
+def test_the_inline_base64_fetched_event_of_version_1_is_still_read() -> None:
+    example = next(e for name, e in schema_examples() if name == "thumbnail.fetched.v1.json")
+    event = decode(json.dumps(example).encode())
+    assert event.payload.image == base64.b64decode(example["payload"]["image_base64"])
+
+
+@pytest.mark.parametrize(
+    "value,header,reason",
+    [
+        (b"\xff\xd8" * 10, None, "not JSON"),  # an image without its event header
+        (b"\xff\xd8" * 10, b"{", "not JSON"),
+        (b"\xff\xd8" * 9, "size", "image_size 20"),  # truncated value
+        (b"", "size", "image_size 20"),
+        (b"{}", "requested", "only thumbnail.fetched v2"),  # other events travel in the value
+    ],
+)
+def test_a_fetched_record_whose_value_and_header_disagree_is_rejected(value: bytes, header: object, reason: str) -> None:
+    fetched = encode(Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"\xff\xd8" * 10), "fetcher"))
+    requested = encode(Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api"))
+    carried = {"size": dict(fetched.headers)[EVENT_HEADER], "requested": requested.value}.get(header, header)  # type: ignore[arg-type]
+    headers = [] if carried is None else [(EVENT_HEADER, carried)]
+    with pytest.raises(EventError, match=reason):
+        decode(value, headers)
 
 
 @pytest.mark.parametrize("name,example", schema_examples(), ids=lambda v: v if isinstance(v, str) else "")
@@ -46,7 +80,10 @@ def test_every_schema_example_parses_through_the_code(name: str, example: dict) 
     if name == "thumbnail.dlq.v1.json":
         jsonschema.Draft202012Validator(_schema(name)).validate(example)
         return
-    event = decode(raw)
+    if example["type"] == "thumbnail.fetched" and example["version"] == 2:
+        event = decode(b"\0" * example["payload"]["image_size"], [(EVENT_HEADER, raw)])
+    else:
+        event = decode(raw)
     assert event.type == example["type"] and event.task_id == example["task_id"]
 
 

@@ -32,7 +32,7 @@ T0 = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
 
 
 def requested(task_id: str | None = None) -> bytes:
-    return encode(Event(task_id or str(uuid.uuid4()), Requested("http://img.example/a.jpg"), "test"))
+    return encode(Event(task_id or str(uuid.uuid4()), Requested("http://img.example/a.jpg"), "test")).value
 
 
 def record(value: bytes, at: datetime = T0, offset: int = 0, headers: tuple = (), topic: str = "p.thumbnail.requested") -> Record:
