@@ -9,6 +9,8 @@ import os
 import signal
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from tests.integration.stack import ImageServer, Stack, isolated_env, settings_o
 IMAGE_HOST = "127.0.0.2"
 SERVER_VARIABLES = ("THUMBS_KAFKA_BOOTSTRAP", "THUMBS_CASSANDRA_HOSTS", "THUMBS_CASSANDRA_PORT")
 Bases = dict[str, list[bytes]]
+STAGES = ("fetcher", "resizer", "projector")  # what `paused()` stops: never the API, Kafka or Cassandra
 
 
 def server_settings() -> tuple[Settings, str]:
@@ -117,6 +120,7 @@ class Pipeline:
         self.stack = Stack(self.env)
         self.keep = keep
         self.pool_pids: set[int] = set()
+        self.stopped_pids: set[int] = set()
         self.jvms = {"kafka": listening_pid(_port(servers.kafka_bootstrap), "kafka.Kafka"),
                      "cassandra": listening_pid(servers.cassandra_port, "CassandraDaemon")}
         self.sampler: Sampler | None = None
@@ -162,7 +166,41 @@ class Pipeline:
                                            + self.stack.log_tail("resizer"))
                     time.sleep(0.1)
 
+    @contextmanager
+    def paused(self) -> Iterator[list[int]]:
+        """SIGSTOPs the stages and the resizer's pool workers, SIGCONTs them on the way out whatever happens.
+
+        The API alone then runs on these cores, as it would with the workers on other machines. A pause
+        longer than the consumers' session timeout makes them rejoin their groups on resume.
+        """
+        try:
+            for name in STAGES:
+                for pid in self._pid_of(name)():
+                    self._stop(pid)
+            for pid in self._pool():  # after the resizer is stopped: it can no longer replace a worker
+                self._stop(pid)
+            yield sorted(self.stopped_pids)
+        finally:
+            self.resume()
+
+    def resume(self) -> None:
+        """SIGCONTs every process `paused()` stopped (a stopped process would not even act on SIGTERM)."""
+        for pid in sorted(self.stopped_pids):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.stopped_pids.discard(pid)
+
+    def _stop(self, pid: int) -> None:
+        self.stopped_pids.add(pid)  # first: a stop that lands must always be undone by resume()
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:  # gone already: nothing to pause
+            self.stopped_pids.discard(pid)
+
     def close(self) -> None:
+        self.resume()  # in case an interrupt cut a pause short
         for part in (self.completions, self.sampler):
             if part is not None:
                 try:

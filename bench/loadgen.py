@@ -103,6 +103,16 @@ async def _get(session: aiohttp.ClientSession, api: str, task_id: str) -> Call:
         return Call(started, time.perf_counter(), 0, task_id)
 
 
+async def _get_url(session: aiohttp.ClientSession, url: str) -> Call:
+    started = time.perf_counter()
+    try:
+        async with session.get(url) as response:
+            await response.read()
+            return Call(started, time.perf_counter(), response.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return Call(started, time.perf_counter(), 0)
+
+
 def _session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency), timeout=aiohttp.ClientTimeout(total=timeout),
@@ -127,6 +137,11 @@ def post_all(api: str, urls: Sequence[str], concurrency: int, timeout: float = 3
 
 def get_all(api: str, task_ids: Sequence[str], concurrency: int, timeout: float = 30.0) -> list[Call]:
     return asyncio.run(_closed_loop(task_ids, concurrency, timeout, lambda s, task: _get(s, api, task)))
+
+
+def get_path_all(api: str, path: str, count: int, concurrency: int, timeout: float = 30.0) -> list[Call]:
+    """`count` GETs of one path (e.g. /health): what this driver and the API's HTTP stack can do at all."""
+    return asyncio.run(_closed_loop([f"{api}{path}"] * count, concurrency, timeout, _get_url))
 
 
 def post_paced(api: str, urls: Sequence[str], rate: float, timeout: float = 30.0, concurrency: int = 256) -> list[Call]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
+T = TypeVar("T")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -92,6 +94,15 @@ class Window:
     machine_cpu: float = 0.0
     seconds: float = 0.0
 
+    def ms_per(self, count: int, groups: Iterable[str]) -> dict[str, float]:
+        """CPU milliseconds per unit of work (request, task) of each group over this window."""
+        return {group: 1000 * self.cpu.get(group, 0.0) / max(1, count) for group in groups}
+
+    @property
+    def other_cpu(self) -> float:
+        """Machine CPU seconds not spent by any sampled group: other load sharing the cores."""
+        return self.machine_cpu - sum(self.cpu.values())
+
 
 class Sampler:
     """Samples groups of processes every `interval` s in a thread; a group is a function returning its pids.
@@ -137,6 +148,12 @@ class Sampler:
             window.peak_rss_mib = dict(self._peak)
             window.processes = {group: len(pids) for group, pids in self._seen.items()}
             return window
+
+    def during(self, action: Callable[[], T]) -> tuple[T, Window]:
+        """Runs `action` in a window of its own (mark, run, read): what it returned and what it cost."""
+        self.mark()
+        value = action()
+        return value, self.read()
 
     def current_rss_mib(self) -> dict[str, float]:
         with self._lock:
