@@ -1,6 +1,7 @@
 """Fetcher core: a thumbnail.requested event in; a fetched, a retry or a failed event out."""
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from services.common.errors import ErrorCode, PermanentError, ThumbsError, Trans
 from services.common.events import RETRY, Event, EventError, Failed, Fetched, Outgoing, Requested
 from services.common.media import sniff
 
+log = logging.getLogger(__name__)
 STAGE = "fetcher"
 ATTEMPT_HEADER = "thumbs-attempt"
 NOT_BEFORE_HEADER = "thumbs-not-before"  # epoch milliseconds
@@ -70,6 +72,7 @@ async def handle_requested(
         if attempt < policy.max_attempts:
             not_before = int((now() + policy.delay(attempt, jitter())) * 1000)
             retry_headers = ((ATTEMPT_HEADER, str(attempt + 1).encode()), (NOT_BEFORE_HEADER, str(not_before).encode()))
+            log.warning("task %s: %s on attempt %d (%s), retrying", event.task_id, exc.code.value, attempt, exc.message)
             return [Outgoing(event, topic=RETRY, headers=retry_headers)]
         return [_failed(event, exc, attempt, f" (gave up after {attempt} attempts)")]
     except ThumbsError as exc:

@@ -53,6 +53,13 @@ def settings_of(env: dict[str, str]) -> Settings:
     return Settings.from_env(env)
 
 
+class _OriginHTTPServer(http.server.ThreadingHTTPServer):
+    # A real origin's listen backlog. socketserver's default of 5 drops SYNs when the fetcher opens its
+    # 64 connections at once, and a connect delayed by SYN retransmits ends as SOURCE_TIMEOUT.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class ImageServer:
     """Serves in-memory bodies on a loopback address; `routes[path] = (status, headers, body)`."""
 
@@ -79,8 +86,7 @@ class ImageServer:
             def log_message(self, *_args: object) -> None:
                 pass
 
-        self._httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _OriginHTTPServer((host, 0), Handler)
         self.base = f"http://{host}:{self._httpd.server_address[1]}"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 
