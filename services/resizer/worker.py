@@ -96,8 +96,10 @@ def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None
             return await handle_fetched(event, headers, thumbnails, render, settings.renderer_version)
 
     runner = stage.StageRunner(STAGE, settings, publisher, handle)
-    # Two records per pool worker: one rendering, one decoded and waiting, so no worker idles between them.
-    return stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=render.workers * 2)
+    # Four records per pool worker: while one renders, the others wait on their Cassandra and Kafka round
+    # trips. Two left the cores idle (FullHD bench: 39 tasks/s with 2, 46 with 4, 49 with 8); more only
+    # holds more source images in memory.
+    return stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=render.workers * 4)
 
 
 def main(settings: Settings) -> None:
