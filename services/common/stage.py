@@ -195,7 +195,7 @@ class Subscription:
 
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        self._consumer.subscribe(self._topics, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         last_commit = time.monotonic()
         try:
             while not stopping.is_set():
@@ -246,14 +246,25 @@ class Subscription:
         except KafkaException as exc:  # e.g. mid-rebalance: the records are simply handled again
             log.warning("%s: commit failed: %s", self.runner.stage, exc)
 
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            log.info("%s: assigned %s", self.runner.stage, _names(partitions))
+
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Runs on the consumer thread inside consume(): let in-flight records finish (their outputs would
         otherwise be produced twice, once here and once by the next owner), commit, let the partitions go."""
         revoked = [(p.topic, p.partition) for p in partitions]
+        log.info("%s: revoked %s", self.runner.stage, _names(partitions))
         if not self._offsets.wait_finished(revoked, SHUTDOWN_GRACE_S):
             log.warning("%s: records still in flight on revoked partitions; they may be handled again", self.runner.stage)
         self._commit(revoked)
         self._offsets.forget(revoked)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The session expired (e.g. the broker was down): the partitions may be someone else's already, so
+        there is nothing to wait for or commit; records still in flight may be handled twice."""
+        log.warning("%s: lost %s", self.runner.stage, _names(partitions))
+        self._offsets.forget([(p.topic, p.partition) for p in partitions])
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Finish what is in flight (bounded), commit it, and leave the group so others take over at once."""
@@ -262,6 +273,10 @@ class Subscription:
         await loop.run_in_executor(self._thread, self._commit, None)
         await loop.run_in_executor(self._thread, self._consumer.close)
         self._thread.shutdown(wait=False)
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)
 
 
 async def _first(*waits: Awaitable[object]) -> None:
