@@ -31,7 +31,7 @@ from services.common.kafka import ensure_topics  # noqa: E402
 from services.common.settings import Settings  # noqa: E402
 from services.devservers.lifecycle import all_servers, ensure_running, start_servers  # noqa: E402
 from services.devservers.process import running_pid  # noqa: E402
-from tests.integration.stack import ImageServer, Stack, isolated_env, settings_of  # noqa: E402
+from tests.integration.stack import ImageServer, Stack, drop_environment, isolated_env, settings_of  # noqa: E402
 
 FAULTS = ("fetcher", "resizer", "projector", "api", "kafka", "cassandra")
 TERMINAL = ("SUCCESS", "FAILURE")
@@ -236,6 +236,7 @@ def main() -> int:
         supervisor.stopped.set()
         stack.stop()
         images.close()
+        drop_environment(settings)
     statuses = [outcome.get(t) for t in ledger.accepted]
     lost = [t for t in ledger.accepted if t not in outcome]
     five_hundreds = sum(n for status, n in ledger.refused.items() if status >= 500 and status != 503)

@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka.admin import AdminClient
 
 from bench.loadgen import Completions
 from bench.procstat import Sampler, descendants, listening_pid
-from services.common.cassandra import connect, migrate
+from services.common.cassandra import migrate
 from services.common.events import COMPLETED, FAILED
-from services.common.kafka import client_config, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.settings import Settings
 from services.devservers.lifecycle import ensure_running
-from tests.integration.stack import ImageServer, Stack, isolated_env, settings_of
+from tests.integration.stack import ImageServer, Stack, drop_environment, isolated_env, settings_of
 
 IMAGE_HOST = "127.0.0.2"
 SERVER_VARIABLES = ("THUMBS_KAFKA_BOOTSTRAP", "THUMBS_CASSANDRA_HOSTS", "THUMBS_CASSANDRA_PORT")
@@ -212,26 +211,7 @@ class Pipeline:
             if "services.cli resizer" in _cmdline(pid):  # forked workers keep the resizer's command line
                 os.kill(pid, signal.SIGKILL)
         if not self.keep:
-            self._drop()
-
-    def _drop(self) -> None:
-        prefix = self.settings.topic_prefix
-        try:
-            admin = AdminClient(client_config(self.settings))
-            topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-            for future in (admin.delete_topics(topics, operation_timeout=30).values() if topics else []):
-                future.result(30)
-            groups = [self.settings.group(s) for s in ("fetcher", "resizer", "projector")]
-            for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
-                try:
-                    future.result(15)
-                except Exception:  # noqa: BLE001 - a group that never formed is fine
-                    pass
-            session = connect(self.settings)
-            session.execute(f"DROP KEYSPACE IF EXISTS {self.settings.keyspace}", timeout=60)
-            session.cluster.shutdown()
-        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; say what is left
-            print(f"  cleanup: could not drop topics/keyspace {prefix}*: {exc}")
+            drop_environment(self.settings)
 
     def _pid_of(self, name: str) -> Any:
         return lambda: [self.stack.processes[name].pid] if name in self.stack.processes else []

@@ -53,6 +53,36 @@ def settings_of(env: dict[str, str]) -> Settings:
     return Settings.from_env(env)
 
 
+def drop_environment(settings: Settings) -> None:
+    """Deletes an environment's topics, consumer groups and keyspace, best effort.
+
+    Left behind, every run's topics stay on a developer's long-lived local broker, and a broker restart
+    then spends tens of seconds recovering their partitions.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    from services.common.cassandra import connect
+    from services.common.kafka import client_config
+
+    prefix = settings.topic_prefix
+    try:
+        admin = AdminClient(client_config(settings))
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+        for future in (admin.delete_topics(topics, operation_timeout=30).values() if topics else []):
+            future.result(30)
+        groups = [settings.group(s) for s in ("fetcher", "resizer", "projector")]
+        for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
+            try:
+                future.result(15)
+            except Exception:  # noqa: BLE001 - a group that never formed is fine
+                pass
+        session = connect(settings)
+        session.execute(f"DROP KEYSPACE IF EXISTS {settings.keyspace}", timeout=60)
+        session.cluster.shutdown()
+    except Exception as exc:  # noqa: BLE001 - cleanup is best effort; say what is left
+        print(f"cleanup: could not drop topics/keyspace {prefix}*: {exc}")
+
+
 class _OriginHTTPServer(http.server.ThreadingHTTPServer):
     # A real origin's listen backlog. socketserver's default of 5 drops SYNs when the fetcher opens its
     # 64 connections at once, and a connect delayed by SYN retransmits ends as SOURCE_TIMEOUT.
@@ -214,3 +244,4 @@ def running_stack(
         yield stack
     finally:
         stack.stop()
+        drop_environment(settings_of(env))

@@ -20,7 +20,7 @@ from services.common.cassandra import migrate
 from services.common.kafka import ensure_topics
 from tests.unit import samples
 
-from .stack import ImageServer, Stack, free_port, isolated_env, settings_of
+from .stack import ImageServer, Stack, drop_environment, free_port, isolated_env, settings_of
 from .test_pipeline import photo
 
 MAX_BYTES = 1024 * 1024
@@ -198,6 +198,7 @@ def outcomes(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int
             yield _poll_all(client, submitted, timeout=120)
     finally:
         stack.stop()
+        drop_environment(settings)
         images.close()
 
 
