@@ -378,7 +378,7 @@ def print_table(title: str, table: list[Row]) -> None:
 
 
 def print_baselines(base: dict[str, dict[str, float]], cores: int) -> None:
-    print(f"\n== baselines (same run, same corpus; per core = thumbnails per CPU second, median of rounds)")
+    print("\n== baselines (same run, same corpus; per core = thumbnails per CPU second, median of rounds)")
     print(f"  {'source':<8}{'naive/s':>9}{'best/s':>9}{'ours/s':>9}{'ours/naive':>12}{'limit (best×' + str(cores) + ')':>18}")
     for kind, r in base.items():
         print(f"  {kind:<8}{r['naive']:>9.1f}{r['best']:>9.1f}{r['ours']:>9.1f}{r['ours/naive']:>11.2f}×{r['limit']:>18.1f}")
