@@ -93,17 +93,7 @@ async def _post(session: aiohttp.ClientSession, api: str, source_url: str) -> Ca
         return Call(started, time.perf_counter(), 0)
 
 
-async def _get(session: aiohttp.ClientSession, api: str, task_id: str) -> Call:
-    started = time.perf_counter()
-    try:
-        async with session.get(f"{api}/thumbnail", params={"task_id": task_id}) as response:
-            await response.read()
-            return Call(started, time.perf_counter(), response.status, task_id)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        return Call(started, time.perf_counter(), 0, task_id)
-
-
-async def _get_url(session: aiohttp.ClientSession, url: str) -> Call:
+async def _get(session: aiohttp.ClientSession, url: str) -> Call:
     started = time.perf_counter()
     try:
         async with session.get(url) as response:
@@ -135,13 +125,8 @@ def post_all(api: str, urls: Sequence[str], concurrency: int, timeout: float = 3
     return asyncio.run(_closed_loop(urls, concurrency, timeout, lambda s, url: _post(s, api, url)))
 
 
-def get_all(api: str, task_ids: Sequence[str], concurrency: int, timeout: float = 30.0) -> list[Call]:
-    return asyncio.run(_closed_loop(task_ids, concurrency, timeout, lambda s, task: _get(s, api, task)))
-
-
-def get_path_all(api: str, path: str, count: int, concurrency: int, timeout: float = 30.0) -> list[Call]:
-    """`count` GETs of one path (e.g. /health): what this driver and the API's HTTP stack can do at all."""
-    return asyncio.run(_closed_loop([f"{api}{path}"] * count, concurrency, timeout, _get_url))
+def get_all(urls: Sequence[str], concurrency: int, timeout: float = 30.0) -> list[Call]:
+    return asyncio.run(_closed_loop(urls, concurrency, timeout, _get))
 
 
 def post_paced(api: str, urls: Sequence[str], rate: float, timeout: float = 30.0, concurrency: int = 256) -> list[Call]:

@@ -99,6 +99,18 @@ def baselines(bases: Bases, cores: int, rounds: int) -> dict[str, dict[str, floa
 # ---- measuring one batch of tasks -------------------------------------------------------------
 
 
+def finished(run: Pipeline, task_ids: list[str], since: float, timeout: float) -> tuple[dict[str, tuple[float, str]], dict[str, Any]]:
+    """Waits until every task is terminal on Kafka (or timeout): when each one was, and the counts and
+    throughput since `since` (a perf_counter time)."""
+    assert run.completions is not None
+    all_terminal = run.completions.wait(task_ids, timeout)
+    done = {t: run.completions.seen[t] for t in task_ids if t in run.completions.seen}
+    last = max((at for at, _ in done.values()), default=since)
+    return done, {"terminal": len(done), "all_terminal": all_terminal,
+                  "succeeded": sum(1 for _, status in done.values() if status == "SUCCESS"),
+                  "throughput": len(done) / (last - since) if last > since else 0.0, "wall_seconds": last - since}
+
+
 def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: float) -> dict[str, Any]:
     """Submits, waits until every accepted task is terminal (or timeout), and gathers every figure."""
     assert run.sampler is not None and run.completions is not None
@@ -106,16 +118,12 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
     run.sampler.mark()
     calls = submit()
     accepted = [c for c in calls if c.task_id]
-    all_terminal = run.completions.wait([c.task_id for c in accepted if c.task_id], timeout)
-    window = run.sampler.read()
-    done = {c.task_id: run.completions.seen[c.task_id] for c in accepted if c.task_id in run.completions.seen}
     first = min((c.started for c in calls), default=0.0)
-    last = max((t for t, _ in done.values()), default=first)
+    done, figures = finished(run, [c.task_id for c in accepted if c.task_id], first, timeout)
+    window = run.sampler.read()
     tasks = max(1, len(done))
     return {
-        "posted": len(calls), "accepted": len(accepted), "terminal": len(done), "all_terminal": all_terminal,
-        "succeeded": sum(1 for _, status in done.values() if status == "SUCCESS"),
-        "throughput": len(done) / (last - first) if last > first else 0.0, "wall_seconds": last - first,
+        "posted": len(calls), "accepted": len(accepted), **figures,
         "latency_ms": loadgen.summary_ms([done[c.task_id][0] - c.started for c in accepted if c.task_id in done]),
         "post_ms": loadgen.summary_ms([c.seconds for c in calls]), "post_rate": loadgen.rate(calls),
         "post_errors": len(calls) - len(accepted),
@@ -178,17 +186,6 @@ def settle(run: Pipeline, quiet: float = 1.0, timeout: float = 30.0) -> bool:
     return False
 
 
-def drain(run: Pipeline, task_ids: list[str], resumed: float, timeout: float) -> dict[str, Any]:
-    """From SIGCONT until every accepted task is terminal on Kafka (the stages work off the backlog)."""
-    assert run.completions is not None
-    all_terminal = run.completions.wait(task_ids, timeout)
-    done = {t: run.completions.seen[t] for t in task_ids if t in run.completions.seen}
-    last = max((at for at, _ in done.values()), default=resumed)
-    return {"accepted": len(task_ids), "terminal": len(done), "all_terminal": all_terminal,
-            "succeeded": sum(1 for _, status in done.values() if status == "SUCCESS"),
-            "seconds": last - resumed, "throughput": len(done) / (last - resumed) if last > resumed else 0.0}
-
-
 def physical_bound(cores: int, cpu_ms: dict[str, float]) -> dict[str, float]:
     """The most requests/s `cores` could serve if the driver cost nothing: every core busy on these groups.
     The API is one process (one event loop), so it alone also stops at one core's worth."""
@@ -207,7 +204,7 @@ def burst(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: di
     prime = loadgen.post_all(run.api, [origin.same("small", 0, 0)], 1)
     run.poll_success([c.task_id for c in prime if c.task_id], 60)  # every burst task below is a dedupe hit
     n = args.burst
-    health, window = run.sampler.during(lambda: loadgen.get_path_all(run.api, "/health", n, BURST_CLIENTS))
+    health, window = run.sampler.during(lambda: loadgen.get_all([f"{run.api}/health"] * n, BURST_CLIENTS))
     result: dict[str, Any] = {"clients": BURST_CLIENTS, "cores": args.cores,
                               "health": calls_figures(health, window, len(health), ("api", "bench"))}
 
@@ -221,12 +218,12 @@ def burst(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: di
                       "accepted": len(ids), "errors": len(posts) - len(ids), "stopped_processes": len(stopped),
                       "paused_seconds": resumed - pausing}
     retries = run.counter("fetcher", "thumbs_retries_total")
-    result["drain"] = drain(run, ids, resumed, args.timeout)
+    result["drain"] = {"accepted": len(ids), **finished(run, ids, resumed, args.timeout)[1]}  # the stages work off the backlog
     result["drain"].update(settled=settle(run), fetch_retries=run.counter("fetcher", "thumbs_retries_total") - retries)
 
     ids = ids or [c.task_id for c in prime if c.task_id]
     gets, window = run.sampler.during(
-        lambda: loadgen.get_all(run.api, [ids[i % len(ids)] for i in range(n)], BURST_CLIENTS))
+        lambda: loadgen.get_all([f"{run.api}/thumbnail?task_id={ids[i % len(ids)]}" for i in range(n)], BURST_CLIENTS))
     result["get"] = {**calls_figures(gets, window, len(gets), ("api", "cassandra", "bench")),
                      "errors": sum(1 for c in gets if c.status not in (200, 202)),
                      "ok_200": sum(1 for c in gets if c.status == 200)}
@@ -342,7 +339,7 @@ def burst_rows(r: dict[str, Any]) -> list[Row]:
          verdict(drained["all_terminal"])),
         ("   succeeded", str(drained["succeeded"]), str(drained["accepted"]),
          verdict(drained["succeeded"] == drained["accepted"])),
-        ("   drain throughput (tasks/s)", f"{drained['throughput']:.0f} ({drained['seconds']:.1f} s)", "", ""),
+        ("   drain throughput (tasks/s)", f"{drained['throughput']:.0f} ({drained['wall_seconds']:.1f} s)", "", ""),
         ("   fetch retries", f"{drained['fetch_retries']:.0f}", "", ""),
         (f"4. GET status: {get['requests']} GETs of accepted ids, idle", "", "", ""),
         ("   GET req/s", f"{get['rate']:.0f}", "", ""),

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from .events import COMPLETED, EVENT_HEADER, FAILED, FETCHED, REQUESTED, RETRY, Event, encode
+from .events import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, Event, encode
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,11 @@ Headers = Sequence[tuple[str, bytes]]
 
 class PublishError(Exception):
     """Kafka did not acknowledge a record in time (broker down or unreachable)."""
+
+
+def headers_of(message: Message) -> list[tuple[str, bytes]]:
+    """A consumed record's headers; a header without a value reads as b""."""
+    return [(name, value or b"") for name, value in message.headers() or ()]
 
 
 def client_config(settings: Settings) -> dict[str, object]:
@@ -93,8 +98,7 @@ class KafkaPublisher:
 
     async def publish_event(self, event: Event, headers: Headers | None = None, *, topic: str | None = None) -> None:
         record = encode(event)
-        extra = [(name, raw) for name, raw in headers or () if name != EVENT_HEADER]  # never a stale event header
-        await self.publish(self._settings.topic(topic or event.type), event.key, record.value, [*extra, *record.headers])
+        await self.publish(self._settings.topic(topic or event.type), event.key, record.value, [*(headers or ()), *record.headers])
 
     def reachable(self, timeout: float = 2.0) -> bool:
         try:

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from . import metrics
 from .events import EventError, Event, Outgoing, decode, encode_dead_letter
-from .kafka import DLQ, MAX_MESSAGE_BYTES, KafkaPublisher, PublishError, client_config
+from .kafka import DLQ, MAX_MESSAGE_BYTES, KafkaPublisher, PublishError, client_config, headers_of
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Record:
     @classmethod
     def of(cls, message: Message) -> "Record":
         return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
-                   _headers(message.headers()))
+                   headers_of(message))
 
 
 class StageRunner:
@@ -106,13 +106,6 @@ class StageRunner:
                 log.warning("%s: dead-letter publish failed, retrying: %s", self.stage, exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
         metrics.DEAD_LETTERS.labels(self.stage, message.topic).inc()
-
-
-def _headers(raw: object) -> list[tuple[str, bytes]]:
-    if not raw:
-        return []
-    items = raw.items() if isinstance(raw, Mapping) else raw
-    return [(str(k), v if isinstance(v, bytes) else (v or b"")) for k, v in items]  # type: ignore[union-attr]
 
 
 class Offsets:

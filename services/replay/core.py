@@ -6,7 +6,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from services.common.events import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, EventError, decode
 
@@ -78,8 +78,6 @@ def select(
     since: datetime | None = None,
     until: datetime | None = None,
     task_ids: Iterable[str] = (),
-    *,
-    task_id: Callable[[Record], str | None] = task_id_of,
 ) -> Iterator[Record]:
     """Records with `since <= time < until` whose value is a valid event (of one of `task_ids`, if given).
 
@@ -91,7 +89,7 @@ def select(
     for record in records:
         if (low is not None and record.timestamp_ms < low) or (high is not None and record.timestamp_ms >= high):
             continue
-        owner = task_id(record)
+        owner = task_id_of(record)
         if owner is None or (wanted and owner.lower() not in wanted):
             continue
         yield record

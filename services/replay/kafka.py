@@ -16,7 +16,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from services.common.kafka import KafkaPublisher, client_config
+from services.common.kafka import KafkaPublisher, client_config, headers_of
 from services.common.settings import Settings
 
 from .core import Record, ReplayError, Resend, RewindTarget, epoch_ms, target_offset
@@ -96,10 +96,7 @@ class BoundedRead:
 def _record(message: Message) -> Record:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None  # set on every fetched record
-    raw = message.headers() or []
-    items = list(raw.items()) if isinstance(raw, dict) else raw
-    headers = tuple((name, value.encode() if isinstance(value, str) else value or b"") for name, value in items)
-    return Record(topic, partition, offset, message.timestamp()[1], message.key(), message.value(), headers)
+    return Record(topic, partition, offset, message.timestamp()[1], message.key(), message.value(), tuple(headers_of(message)))
 
 
 async def publish_all(settings: Settings, resends: Iterable[Resend], progress: Progress) -> None:

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
+from confluent_kafka.admin import AdminClient
 
+from services.common.cassandra import connect, migrate
+from services.common.kafka import client_config, ensure_topics
 from services.common.settings import PREFIX, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,11 +62,6 @@ def drop_environment(settings: Settings) -> None:
     Left behind, every run's topics stay on a developer's long-lived local broker, and a broker restart
     then spends tens of seconds recovering their partitions.
     """
-    from confluent_kafka.admin import AdminClient
-
-    from services.common.cassandra import connect
-    from services.common.kafka import client_config
-
     prefix = settings.topic_prefix
     try:
         admin = AdminClient(client_config(settings))
@@ -230,10 +228,7 @@ def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> 
 def running_stack(
     kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp: Path, **extra: str
 ) -> Iterator[Stack]:
-    """An isolated environment (topics and tables created) with every process running until exit."""
-    from services.common.cassandra import migrate
-    from services.common.kafka import ensure_topics
-
+    """An isolated environment (topics and tables created) with every process running until exit; dropped after."""
     env = isolated_env(kafka_bootstrap, cassandra_contact, tmp, **extra)
     ensure_topics(settings_of(env))
     migrate(settings_of(env))

@@ -16,11 +16,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from services.common.cassandra import migrate
-from services.common.kafka import ensure_topics
 from tests.unit import samples
 
-from .stack import ImageServer, Stack, drop_environment, free_port, isolated_env, settings_of
+from .stack import ImageServer, free_port, running_stack
 from .test_pipeline import photo
 
 MAX_BYTES = 1024 * 1024
@@ -177,19 +175,13 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def outcomes(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict]]:
-    env = isolated_env(
-        kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("bad-input"),
-        FETCH_TOTAL_TIMEOUT="3", FETCH_READ_TIMEOUT="2", FETCH_MAX_ATTEMPTS="2", FETCH_RETRY_BASE_SECONDS="0.2",
-        FETCH_MAX_BYTES=str(MAX_BYTES), MAX_FRAMES="100",
-    )
-    settings = settings_of(env)
-    ensure_topics(settings)
-    migrate(settings)
-    stack, images = Stack(env), ImageServer()
-    stack.start()
+    images = ImageServer()
     try:
-        stack.wait_ready()
-        with httpx.Client(base_url=stack.api, timeout=10) as client:
+        with running_stack(
+            kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("bad-input"),
+            FETCH_TOTAL_TIMEOUT="3", FETCH_READ_TIMEOUT="2", FETCH_MAX_ATTEMPTS="2", FETCH_RETRY_BASE_SECONDS="0.2",
+            FETCH_MAX_BYTES=str(MAX_BYTES), MAX_FRAMES="100",
+        ) as stack, httpx.Client(base_url=stack.api, timeout=10) as client:
             submitted = {}
             for row in ROWS:
                 response = client.post("/thumbnail", json={"source_url": row.url(images)})
@@ -197,8 +189,6 @@ def outcomes(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int
                 submitted[row.name] = response.json()["task_id"]
             yield _poll_all(client, submitted, timeout=120)
     finally:
-        stack.stop()
-        drop_environment(settings)
         images.close()
 
 
