@@ -78,7 +78,7 @@ class Load(threading.Thread):
             for index, url in enumerate(self.urls):
                 time.sleep(max(0.0, started + index / self.rate - time.monotonic()))
                 try:
-                    response = client.post("/thumbnail", json={"source_url": url})
+                    response = client.post("/thumbnail", json={"source_image_url": url})
                     task_id = response.json().get("task_id") if response.status_code == 202 else None
                     self.ledger.note(response.status_code, task_id)
                 except httpx.HTTPError:
@@ -136,7 +136,7 @@ class Observer:
     def during_outage(self, name: str) -> None:
         with httpx.Client(base_url=self.api, timeout=15) as client:
             ready = client.get("/ready")
-            post = client.post("/thumbnail", json={"source_url": self.url})
+            post = client.post("/thumbnail", json={"source_image_url": self.url})
             self.outages[name] = {"ready": ready.status_code, "checks": ready.json().get("checks"), "post": post.status_code}
 
 
@@ -146,7 +146,7 @@ def recovery_seconds(api: str, url: str, since: float, timeout: float = 240.0) -
     with httpx.Client(base_url=api, timeout=10) as client:
         while time.monotonic() < deadline:
             try:
-                response = client.post("/thumbnail", json={"source_url": url})
+                response = client.post("/thumbnail", json={"source_image_url": url})
                 if response.status_code == 202:
                     task_id = response.json()["task_id"]
                     while time.monotonic() < deadline:

@@ -86,7 +86,7 @@ class Completions:
 async def _post(session: aiohttp.ClientSession, api: str, source_url: str) -> Call:
     started = time.perf_counter()
     try:
-        async with session.post(f"{api}/thumbnail", json={"source_url": source_url}) as response:
+        async with session.post(f"{api}/thumbnail", json={"source_image_url": source_url}) as response:
             body = await response.json(content_type=None) if response.status == 202 else None
             return Call(started, time.perf_counter(), response.status, body and body.get("task_id"))
     except (aiohttp.ClientError, asyncio.TimeoutError):

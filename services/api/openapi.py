@@ -122,11 +122,11 @@ def openapi_spec() -> dict[str, Any]:
             "schemas": {
                 "ThumbnailRequest": {
                     "type": "object",
-                    "required": ["source_url"],
+                    "required": ["source_image_url"],
                     "properties": {
-                        "source_url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH,
-                                       "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s]+",
-                                       "example": "http://127.0.0.2:8000/cat.jpg"},
+                        "source_image_url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH,
+                                             "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s]+",
+                                             "example": "http://127.0.0.2:8000/cat.jpg"},
                         "width": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
                         "height": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
                         "format": {"type": "string", "enum": list(FORMATS), "default": "jpeg"},

@@ -29,24 +29,24 @@ def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendit
         raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ApiError(422, "INVALID_REQUEST", "request body must be a JSON object")
-    return _source_url(document.get("source_url")), _rendition(document)
+    return _source_url(document.get("source_image_url")), _rendition(document)
 
 
 def _source_url(url: Any) -> str:
     if url is None:
-        raise ApiError(422, "INVALID_REQUEST", "source_url is required")
+        raise ApiError(422, "INVALID_REQUEST", "source_image_url is required")
     if not isinstance(url, str):
-        raise ApiError(422, "INVALID_REQUEST", "source_url must be a string")
+        raise ApiError(422, "INVALID_REQUEST", "source_image_url must be a string")
     url = url.strip()
     if not url:
-        raise ApiError(422, "INVALID_REQUEST", "source_url must not be empty")
+        raise ApiError(422, "INVALID_REQUEST", "source_image_url must not be empty")
     if len(url) > MAX_URL_LENGTH:
-        raise ApiError(422, "INVALID_REQUEST", f"source_url is longer than {MAX_URL_LENGTH} characters")
+        raise ApiError(422, "INVALID_REQUEST", f"source_image_url is longer than {MAX_URL_LENGTH} characters")
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        raise ApiError(422, "INVALID_REQUEST", "source_url must be an http or https URL")
+        raise ApiError(422, "INVALID_REQUEST", "source_image_url must be an http or https URL")
     if not rest.split("/", 1)[0].split("?", 1)[0]:
-        raise ApiError(422, "INVALID_REQUEST", "source_url has no host")
+        raise ApiError(422, "INVALID_REQUEST", "source_image_url has no host")
     return url
 
 

@@ -184,7 +184,7 @@ def outcomes(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int
         ) as stack, httpx.Client(base_url=stack.api, timeout=10) as client:
             submitted = {}
             for row in ROWS:
-                response = client.post("/thumbnail", json={"source_url": row.url(images)})
+                response = client.post("/thumbnail", json={"source_image_url": row.url(images)})
                 assert response.status_code == 202, (row.name, response.text)
                 submitted[row.name] = response.json()["task_id"]
             yield _poll_all(client, submitted, timeout=120)

@@ -36,7 +36,7 @@ def test_killing_a_stage_mid_load_loses_nothing(victim: str, stack: Stack) -> No
             task_ids = []
             for n in range(TASKS_PER_STAGE):
                 url = images.add(f"/{victim}/{n}.jpg", with_comment(base, f"{victim}-{n}"))
-                task_ids.append(client.post("/thumbnail", json={"source_url": url}).json()["task_id"])
+                task_ids.append(client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"])
                 if n == TASKS_PER_STAGE // 3:
                     stack.stop(victim, kill=True)  # SIGKILL: no clean shutdown, no final commit
             time.sleep(1.0)

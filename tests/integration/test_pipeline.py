@@ -35,7 +35,7 @@ def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], 
 
 def test_post_poll_success_file_and_etag(client: httpx.Client, images: ImageServer) -> None:
     url = images.add("/e2e/photo.jpg", photo(640, 480, seed=1))
-    response = client.post("/thumbnail", json={"source_url": url})
+    response = client.post("/thumbnail", json={"source_image_url": url})
     assert response.status_code == 202, response.text
     task_id = response.json()["task_id"]
     body = poll_terminal(client, task_id, timeout=120)
@@ -53,7 +53,7 @@ def test_post_poll_success_file_and_etag(client: httpx.Client, images: ImageServ
 
 def test_rendition_from_the_post_body(client: httpx.Client, images: ImageServer) -> None:
     url = images.add("/e2e/wide.jpg", photo(800, 200, seed=2))
-    task_id = client.post("/thumbnail", json={"source_url": url, "width": 200, "height": 200, "format": "png"}).json()["task_id"]
+    task_id = client.post("/thumbnail", json={"source_image_url": url, "width": 200, "height": 200, "format": "png"}).json()["task_id"]
     body = poll_terminal(client, task_id)
     assert body["status"] == "SUCCESS", body
     image = Image.open(io.BytesIO(base64.b64decode(body["base64_thumbnail_data"])))
@@ -68,7 +68,7 @@ def test_same_content_under_50_urls_is_resized_once(client: httpx.Client, images
 
     hits_before = hits()
     task_ids = [
-        client.post("/thumbnail", json={"source_url": images.add(f"/dedupe/{n}.jpg", data)}).json()["task_id"]
+        client.post("/thumbnail", json={"source_image_url": images.add(f"/dedupe/{n}.jpg", data)}).json()["task_id"]
         for n in range(50)
     ]
     results = [poll_terminal(client, task_id) for task_id in task_ids]
@@ -81,13 +81,13 @@ def test_same_content_under_50_urls_is_resized_once(client: httpx.Client, images
 def test_get_right_after_post_never_answers_404(client: httpx.Client, images: ImageServer) -> None:
     url = images.add("/ryw/a.jpg", photo(120, 90, seed=4))
     for _ in range(200):
-        task_id = client.post("/thumbnail", json={"source_url": url}).json()["task_id"]
+        task_id = client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"]
         response = client.get("/thumbnail", params={"task_id": task_id})
         assert response.status_code in (200, 202), response.text
 
 
 def test_origin_404_ends_in_failure_with_code(client: httpx.Client, images: ImageServer) -> None:
-    task_id = client.post("/thumbnail", json={"source_url": images.base + "/missing.jpg"}).json()["task_id"]
+    task_id = client.post("/thumbnail", json={"source_image_url": images.base + "/missing.jpg"}).json()["task_id"]
     body = poll_terminal(client, task_id)
     assert body["status"] == "FAILURE" and body["error"]["code"] == "SOURCE_HTTP_ERROR", body
     failed_file = client.get("/thumbnail/file", params={"task_id": task_id})
@@ -97,7 +97,7 @@ def test_origin_404_ends_in_failure_with_code(client: httpx.Client, images: Imag
 def test_loopback_outside_the_allow_list_is_refused(client: httpx.Client, images: ImageServer) -> None:
     images.add("/ssrf/ok.jpg", photo(50, 50, seed=5))
     port = images.base.rsplit(":", 1)[1]
-    task_id = client.post("/thumbnail", json={"source_url": f"http://127.0.0.1:{port}/ssrf/ok.jpg"}).json()["task_id"]
+    task_id = client.post("/thumbnail", json={"source_image_url": f"http://127.0.0.1:{port}/ssrf/ok.jpg"}).json()["task_id"]
     body = poll_terminal(client, task_id)
     assert body["status"] == "FAILURE" and body["error"]["code"] == "SOURCE_FORBIDDEN_ADDRESS", body
 
@@ -171,7 +171,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_stages_keep_serving(
     assert "not JSON" in record["reason"] and record["offset"] >= 0
     # and the stages still serve
     url = images.add("/after-poison.jpg", photo(300, 200, seed=6))
-    task_id = client.post("/thumbnail", json={"source_url": url}).json()["task_id"]
+    task_id = client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"]
     assert poll_terminal(client, task_id)["status"] == "SUCCESS"
     assert stack.metric("fetcher", "thumbs_dead_letters_total") >= 2
 

@@ -37,7 +37,7 @@ def stack(
 def batch(client: httpx.Client, images: ImageServer) -> dict[str, str]:
     """TASKS tasks over IMAGES distinct pictures, all finished: task id -> terminal status."""
     urls = [images.add(f"/batch/{n}.jpg", photo(320, 240, seed=100 + n)) for n in range(IMAGES)]
-    ids = [client.post("/thumbnail", json={"source_url": urls[n % IMAGES]}).json()["task_id"] for n in range(TASKS)]
+    ids = [client.post("/thumbnail", json={"source_image_url": urls[n % IMAGES]}).json()["task_id"] for n in range(TASKS)]
     return {task_id: poll_terminal(client, task_id, timeout=120)["status"] for task_id in ids}
 
 
@@ -155,7 +155,7 @@ def test_dead_letters_complete_after_the_fix_and_a_redrive(stack: Stack, client:
     stack.env["THUMBS_TASK_TTL_SECONDS"] = BAD_TTL  # a typo in the projector's deployment
     stack.start("projector")
     urls = [images.add(f"/redrive/{n}.jpg", photo(200, 150, seed=500 + n)) for n in range(3)]
-    ids = [client.post("/thumbnail", json={"source_url": url}).json()["task_id"] for url in urls]
+    ids = [client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"] for url in urls]
     # requested, fetched and completed of each task: all dead-lettered by the projector
     wait_metric(stack, "projector", "thumbs_dead_letters_total", 3 * len(ids), timeout=60)
     time.sleep(2.5)  # let the projector commit past them (every 1 s): the fixed projector must not see them

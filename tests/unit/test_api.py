@@ -29,7 +29,7 @@ def client(ports: tuple[FakePublisher, FakeTasks, FakeThumbnails]) -> TestClient
 
 
 def test_post_publishes_and_answers_202_with_location(client: TestClient, ports) -> None:
-    response = client.post("/thumbnail", json={"source_url": "http://127.0.0.1:8000/a.jpg"})
+    response = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1:8000/a.jpg"})
     assert response.status_code == 202
     task_id = response.json()["task_id"]
     assert uuid.UUID(task_id) and response.headers["location"] == f"/thumbnail?task_id={task_id}"
@@ -40,7 +40,7 @@ def test_post_publishes_and_answers_202_with_location(client: TestClient, ports)
 
 
 def test_post_accepts_a_rendition(client: TestClient, ports) -> None:
-    body = {"source_url": "https://127.0.0.1/a.jpg", "width": 300, "height": 200, "format": "webp", "quality": 60}
+    body = {"source_image_url": "https://127.0.0.1/a.jpg", "width": 300, "height": 200, "format": "webp", "quality": 60}
     assert client.post("/thumbnail", json=body).status_code == 202
     assert ports[0].events[0].payload.rendition == Rendition(300, 200, "webp", 60)
 
@@ -49,24 +49,25 @@ def test_post_accepts_a_rendition(client: TestClient, ports) -> None:
     "kwargs,status,code",
     [
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "INVALID_JSON"),
-        ({"content": b"source_url=x", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ({"content": b"source_image_url=x", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "UNSUPPORTED_MEDIA_TYPE"),
         ({"json": {}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": ""}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": 42}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": ["http://a/"]}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_url": "http://a/"}}, 422, "INVALID_REQUEST"),  # the field is the old system's name
+        ({"json": {"source_image_url": ""}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": 42}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": ["http://a/"]}}, 422, "INVALID_REQUEST"),
         ({"json": ["http://a/"]}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "ftp://127.0.0.1/a.jpg"}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "file:///etc/passwd"}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "javascript:alert(1)"}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http:///nohost"}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http://a/" + "x" * 2048}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http://a/", "width": 0}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http://a/", "height": 1025}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http://a/", "width": 10.5}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http://a/", "width": True}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http://a/", "format": "gif"}}, 422, "INVALID_REQUEST"),
-        ({"json": {"source_url": "http://a/", "quality": 100}}, 422, "INVALID_REQUEST"),
-        ({"content": b'{"source_url":"' + b"a" * 17000 + b'"}', "headers": {"content-type": "application/json"}}, 413, "BODY_TOO_LARGE"),
+        ({"json": {"source_image_url": "ftp://127.0.0.1/a.jpg"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "file:///etc/passwd"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "javascript:alert(1)"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http:///nohost"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/" + "x" * 2048}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "width": 0}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "height": 1025}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "width": 10.5}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "width": True}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "format": "gif"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "quality": 100}}, 422, "INVALID_REQUEST"),
+        ({"content": b'{"source_image_url":"' + b"a" * 17000 + b'"}', "headers": {"content-type": "application/json"}}, 413, "BODY_TOO_LARGE"),
     ],
 )
 def test_bad_requests_get_json_errors(client: TestClient, ports, kwargs: dict, status: int, code: str) -> None:
@@ -79,7 +80,7 @@ def test_bad_requests_get_json_errors(client: TestClient, ports, kwargs: dict, s
 
 def test_kafka_down_answers_503_with_retry_after(client: TestClient, ports) -> None:
     ports[0].down = True
-    response = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"})
+    response = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"})
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "UNAVAILABLE"
 
@@ -98,7 +99,7 @@ async def _complete(ports, task_id: str) -> None:
 
 
 async def test_success_status_file_etag_and_304(client: TestClient, ports) -> None:
-    task_id = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
     await _complete(ports, task_id)
     body = client.get(f"/thumbnail?task_id={task_id}").json()
     assert body["status"] == "SUCCESS" and body["message"] == "ok"
@@ -115,7 +116,7 @@ async def test_success_status_file_etag_and_304(client: TestClient, ports) -> No
 
 
 async def test_failure_is_200_on_status_and_422_on_file(client: TestClient, ports) -> None:
-    task_id = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
     await ports[1].apply(project(Event(task_id, Failed("fetcher", "SOURCE_HTTP_ERROR", "origin answered HTTP 404"), "fetcher")))
     body = client.get(f"/thumbnail?task_id={task_id}").json()
     assert body["status"] == "FAILURE" and body["error"] == {"code": "SOURCE_HTTP_ERROR", "message": "origin answered HTTP 404"}
@@ -124,7 +125,7 @@ async def test_failure_is_200_on_status_and_422_on_file(client: TestClient, port
 
 
 def test_in_flight_file_answers_202_with_retry_after(client: TestClient) -> None:
-    task_id = client.post("/thumbnail", json={"source_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
     response = client.get(f"/thumbnail/file?task_id={task_id}")
     assert response.status_code == 202 and response.headers["retry-after"] == "1"
 
