@@ -26,8 +26,7 @@ def _api(settings: Settings, _args: argparse.Namespace) -> int:
 def _stage(name: str) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, _args: argparse.Namespace) -> int:
         module = __import__(f"services.{name}.worker", fromlist=["main"])
-        module.main(settings)
-        return 0
+        return int(module.main(settings))
 
     return run
 

@@ -1,6 +1,7 @@
 """In-memory stand-ins for the ports of the stage cores and the API (unit tests only)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +62,76 @@ class FakeThumbnails:
 @dataclass
 class FakePublisher:
     events: list[Event] = field(default_factory=list)
+    records: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # raw produces: dead letters
     down: bool = False
+    failures: list[BaseException] = field(default_factory=list)  # raised by the next produces, in order
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
+        self._refuse()
+        self.records.append((topic, key, value))
 
     async def publish_event(self, event: Event, headers: Any = None, *, topic: str | None = None) -> None:
+        self._refuse()
+        self.events.append(event)
+
+    def _refuse(self) -> None:
         if self.down:
             raise PublishError("broker down")
-        self.events.append(event)
+        if self.failures:
+            raise self.failures.pop(0)
 
     def reachable(self, timeout: float = 2.0) -> bool:
         return not self.down
+
+
+class FakeMessage:
+    """What the consumer edge reads of a confluent_kafka.Message."""
+
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        self._fields = (topic, partition, offset, value, key, headers or [])
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._fields[0]
+
+    def partition(self) -> int:
+        return self._fields[1]
+
+    def offset(self) -> int:
+        return self._fields[2]
+
+    def value(self) -> bytes | None:
+        return self._fields[3]
+
+    def key(self) -> bytes | None:
+        return self._fields[4]
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._fields[5]
+
+
+class FakeConsumer:
+    """Hands out the given messages once, then nothing; records every commit."""
+
+    def __init__(self, messages: list[FakeMessage]) -> None:
+        self.pending = list(messages)
+        self.commits: list[tuple[str, int, int]] = []
+        self.closed = False
+
+    def subscribe(self, topics: list[str], **_callbacks: Any) -> None:
+        self.topics = topics
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        batch, self.pending = self.pending[:num_messages], self.pending[num_messages:]
+        if not batch:
+            time.sleep(min(timeout, 0.01))
+        return batch
+
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        self.commits.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
+
+    def close(self) -> None:
+        self.closed = True

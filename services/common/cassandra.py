@@ -6,11 +6,14 @@ from collections import namedtuple
 from functools import lru_cache
 from typing import Any, Sequence
 
-from cassandra import ConsistencyLevel
-from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, ResponseFuture, Session
+from cassandra import ConsistencyLevel, DriverException, RequestExecutionException
+from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, NoHostAvailable, ResponseFuture, Session
 from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
 
 from .settings import Settings, SettingsError
+
+# Cassandra unreachable, overloaded or timing out: a stage waits these out and retries the record.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (NoHostAvailable, RequestExecutionException, DriverException, ConnectionError)
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tasks (

@@ -12,30 +12,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
-from cassandra import DriverException, RequestExecutionException
-from cassandra.cluster import NoHostAvailable
 import uvloop
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from . import metrics
+from .backoff import backoff_seconds
 from .events import EventError, Event, Outgoing, decode, encode_dead_letter
-from .kafka import DLQ, MAX_MESSAGE_BYTES, KafkaPublisher, PublishError, client_config, headers_of
+from .kafka import DLQ, MAX_MESSAGE_BYTES, PublishError, client_config, headers_of
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event, Mapping[str, bytes]], Awaitable[list[Outgoing]]]
-INFRASTRUCTURE_ERRORS = (PublishError, NoHostAvailable, RequestExecutionException, DriverException, ConnectionError)
+Sleep = Callable[[float], Awaitable[None]]
 READ_AHEAD_KIB = 16 * 1024  # records fetched but not yet handed to a handler (each may hold a whole image)
 COMMIT_INTERVAL_S = 1.0
 SHUTDOWN_GRACE_S = 10.0
+RETRY_BASE_S = 0.2  # first wait while Kafka or Cassandra is unreachable; doubles up to the cap
+RETRY_CAP_S = 5.0
+
+
+class Publisher(Protocol):
+    """What the edge needs of Kafka: awaitable, acknowledged produces (KafkaPublisher in production)."""
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None) -> None: ...
+
+    async def publish_event(self, event: Event, headers: Sequence[tuple[str, bytes]] | None = None, *, topic: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -56,41 +67,56 @@ class Record:
 
 
 class StageRunner:
-    def __init__(self, stage: str, settings: Settings, publisher: KafkaPublisher, handler: Handler) -> None:
+    """Handles one record to completion: decode, call the core, publish its outputs.
+
+    A record's own problems (undecodable, invalid, or an error raised by the core) send it to the dead-letter
+    topic. Errors of the types in `transient` (Kafka or Cassandra unreachable) are retried without end, with
+    capped backoff: an outage stalls the record, it never loses it. Anything else raised here is a fault of
+    the edge and propagates: the caller must then not commit past the record (see Subscription).
+    """
+
+    def __init__(self, stage: str, settings: Settings, publisher: Publisher, handler: Handler, *,
+                 transient: tuple[type[BaseException], ...] = (), sleep: Sleep = asyncio.sleep) -> None:
         self.stage = stage
         self._settings = settings
         self._publisher = publisher
         self._handler = handler
+        self._transient = (PublishError, *transient)
+        self._sleep = sleep
 
     async def handle(self, message: Record) -> None:
-        """Handles one Kafka record to completion; returns only when it is safe to commit past it."""
+        """Returns only when it is safe to commit past `message`."""
         started = time.perf_counter()
-        topic = message.topic
-        metrics.EVENTS_IN.labels(self.stage, topic).inc()
-        headers = message.headers
+        metrics.EVENTS_IN.labels(self.stage, message.topic).inc()
         try:
-            event = decode(message.value, headers)
+            event = decode(message.value, message.headers)
         except EventError as exc:
             await self._dead_letter(message, str(exc))
             return
-        for attempt in range(1, 1_000_000):
-            try:
-                outputs = await self._handler(event, dict(headers))
-                await asyncio.gather(*(self._publisher.publish_event(o.event, o.headers, topic=o.topic) for o in outputs))
-                break
-            except EventError as exc:  # valid JSON, wrong place (e.g. a completed event on the requested topic)
-                await self._dead_letter(message, str(exc))
-                return
-            except INFRASTRUCTURE_ERRORS as exc:
-                metrics.INFRA_RETRIES.labels(self.stage).inc()
-                log.warning("%s: %s on %s@%s, retrying: %s", self.stage, type(exc).__name__, topic, message.offset, exc)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
-            except Exception as exc:  # a bug met by one record must not stop the stage: park the record
-                log.exception("%s: unexpected error on %s@%s", self.stage, topic, message.offset)
-                await self._dead_letter(message, f"unexpected {type(exc).__name__}: {exc}")
-                return
+        problem: str | None = None
+        outputs: list[Outgoing] = []
+        async for attempt in self._retrying(message, self._transient):
+            with attempt:
+                outputs, problem = await self._call_core(event, message)
+                if problem is None:
+                    await asyncio.gather(*(self._publisher.publish_event(o.event, o.headers, topic=o.topic) for o in outputs))
+        if problem is not None:
+            await self._dead_letter(message, problem)
+            return
         metrics.count_outputs(self.stage, outputs)
         metrics.STAGE_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+
+    async def _call_core(self, event: Event, message: Record) -> tuple[list[Outgoing], str | None]:
+        """The core's outputs, or why the record must be parked; transient errors propagate to be retried."""
+        try:
+            return await self._handler(event, dict(message.headers)), None
+        except self._transient:
+            raise
+        except EventError as exc:  # valid JSON, wrong place (e.g. a completed event on the requested topic)
+            return [], str(exc)
+        except Exception as exc:  # a bug met by one record must not stop the stage: park the record
+            log.exception("%s: unexpected error on %s@%s", self.stage, message.topic, message.offset)
+            return [], f"unexpected {type(exc).__name__}: {exc}"
 
     async def _dead_letter(self, message: Record, reason: str) -> None:
         log.warning("%s: dead-lettering %s[%s]@%s: %s", self.stage, message.topic, message.partition, message.offset, reason)
@@ -98,26 +124,37 @@ class StageRunner:
             reason=reason, stage=self.stage, topic=message.topic, partition=message.partition,
             offset=message.offset, key=message.key, value=message.value, headers=message.headers,
         )
-        for attempt in range(1, 1_000_000):
-            try:
+        async for attempt in self._retrying(message, (PublishError,)):
+            with attempt:
                 await self._publisher.publish(self._settings.topic(DLQ), message.key, record, message.headers)
-                break
-            except PublishError as exc:
-                log.warning("%s: dead-letter publish failed, retrying: %s", self.stage, exc)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
         metrics.DEAD_LETTERS.labels(self.stage, message.topic).inc()
+
+    def _retrying(self, message: Record, transient: tuple[type[BaseException], ...]) -> AsyncRetrying:
+        def before_sleep(state: RetryCallState) -> None:
+            metrics.INFRA_RETRIES.labels(self.stage).inc()
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("%s: %s on %s[%s]@%s (attempt %d), retrying: %s", self.stage, type(error).__name__,
+                        message.topic, message.partition, message.offset, state.attempt_number, error)
+
+        def wait(state: RetryCallState) -> float:
+            return backoff_seconds(state.attempt_number, base=RETRY_BASE_S, cap=RETRY_CAP_S, jitter=random.random())
+
+        return AsyncRetrying(retry=retry_if_exception_type(transient), stop=stop_never, wait=wait,
+                             sleep=self._sleep, before_sleep=before_sleep, reraise=True)
 
 
 class Offsets:
     """Where a partition may be committed: just before its oldest record still in flight.
 
-    Records finish out of order; committing past an unfinished one would lose it in a crash.
+    Records finish out of order; committing past an unfinished one would lose it in a crash. A held record
+    (its handling failed in the edge) is never finished: this member never commits past it.
     Shared by the event loop (start/finish) and the consumer thread (rebalance callbacks).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._in_flight: dict[tuple[str, int], set[int]] = {}
+        self._held: dict[tuple[str, int], set[int]] = {}
         self._next: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
 
@@ -129,6 +166,13 @@ class Offsets:
     def finish(self, topic: str, partition: int, offset: int) -> None:
         with self._lock:
             self._in_flight.get((topic, partition), set()).discard(offset)
+            self._lock.notify_all()
+
+    def hold(self, topic: str, partition: int, offset: int) -> None:
+        """Pins the partition's position at `offset` for good; nobody needs to wait for it any more."""
+        with self._lock:
+            self._in_flight.get((topic, partition), set()).discard(offset)
+            self._held.setdefault((topic, partition), set()).add(offset)
             self._lock.notify_all()
 
     def wait_finished(self, partitions: Sequence[tuple[str, int]], timeout: float) -> bool:
@@ -143,7 +187,7 @@ class Offsets:
             for tp in list(self._next) if partitions is None else partitions:
                 if tp not in self._next:
                     continue
-                pending = self._in_flight.get(tp)
+                pending = self._in_flight.get(tp, set()) | self._held.get(tp, set())
                 position = min(pending) if pending else self._next[tp]
                 if self._committed.get(tp) != position:
                     self._committed[tp] = position
@@ -155,38 +199,46 @@ class Offsets:
         with self._lock:
             for tp in partitions:
                 self._in_flight.pop(tp, None)
+                self._held.pop(tp, None)
                 self._next.pop(tp, None)
                 self._committed.pop(tp, None)
 
 
-class Subscription:
-    """One consumer-group member feeding `runner` from `topics`, at most `concurrency` records at a time."""
+class KafkaConsumer(Protocol):
+    """The part of confluent_kafka.Consumer the edge uses (a fake in unit tests)."""
 
-    def __init__(self, settings: Settings, runner: StageRunner, topics: list[str], *, concurrency: int) -> None:
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None: ...
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]: ...
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Subscription:
+    """One consumer-group member feeding `runner` from `topics`, at most `concurrency` records at a time.
+
+    Crash-only: when handling a record fails in the edge itself, the member never commits past that record
+    and stops the stage (`failed` is then true); restarted, it is handed the record again.
+    """
+
+    def __init__(self, settings: Settings, runner: StageRunner, topics: list[str], *, concurrency: int,
+                 consumer: KafkaConsumer | None = None) -> None:
         self.runner = runner
+        self.failed = False
         self._topics = topics
         self._concurrency = concurrency
         self._offsets = Offsets()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
         # confluent-kafka calls block: they run on this member's own thread, one at a time.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{runner.stage}-consumer")
-        self._consumer = Consumer({
-            **client_config(settings),
-            "group.id": settings.group(runner.stage),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",  # a joining member moves only what it takes
-            # A killed member's partitions move to the survivors after this long.
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 2_000,
-            "queued.max.messages.kbytes": READ_AHEAD_KIB,
-            "fetch.max.bytes": 8 * 1024 * 1024,  # a larger single record is still returned whole (KIP-74)
-            "receive.message.max.bytes": MAX_MESSAGE_BYTES + 1024 * 1024,
-            "fetch.wait.max.ms": 100,
-        })
+        self._consumer = consumer or kafka_consumer(settings, runner.stage)
 
     async def run(self, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
         loop = asyncio.get_running_loop()
         self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         last_commit = time.monotonic()
@@ -225,9 +277,22 @@ class Subscription:
     async def _handle(self, record: Record) -> None:
         try:
             await self.runner.handle(record)
-        finally:
+        except asyncio.CancelledError:
+            raise  # stopped mid-record: it stays uncommitted and is handled again after the restart
+        except BaseException:
+            # Not the record's fault (those become dead letters): the edge itself broke. Guessing on would
+            # commit a record with no output, so stop and let the supervisor restart the stage.
+            log.critical("%s: edge failure on %s[%s]@%s; stopping without committing past it", self.runner.stage,
+                         record.topic, record.partition, record.offset, exc_info=True)
+            self._offsets.hold(record.topic, record.partition, record.offset)
+            self.failed = True
+            self._stopping.set()
+        else:
             self._offsets.finish(record.topic, record.partition, record.offset)
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
             self._slot_freed.set()
 
     def _commit(self, partitions: Sequence[tuple[str, int]] | None) -> None:
@@ -268,6 +333,23 @@ class Subscription:
         self._thread.shutdown(wait=False)
 
 
+def kafka_consumer(settings: Settings, stage: str) -> Consumer:
+    return Consumer({
+        **client_config(settings),
+        "group.id": settings.group(stage),
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",  # a joining member moves only what it takes
+        # A killed member's partitions move to the survivors after this long.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        "queued.max.messages.kbytes": READ_AHEAD_KIB,
+        "fetch.max.bytes": 8 * 1024 * 1024,  # a larger single record is still returned whole (KIP-74)
+        "receive.message.max.bytes": MAX_MESSAGE_BYTES + 1024 * 1024,
+        "fetch.wait.max.ms": 100,
+    })
+
+
 def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)
 
@@ -279,17 +361,24 @@ async def _first(*waits: Awaitable[object]) -> None:
         task.cancel()
 
 
-def run(subscriptions: list[Subscription], *, on_stop: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
-    """Runs the stage in the foreground until SIGINT/SIGTERM, then finishes in-flight records and closes."""
-    async def main() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stopping.set)
-        try:
-            await asyncio.gather(*(s.run(stopping) for s in subscriptions))
-        finally:
-            for close in on_stop:
-                await close()
+def run(subscriptions: list[Subscription], *, on_stop: Sequence[Callable[[], Awaitable[None]]] = ()) -> int:
+    """Runs the stage in the foreground until SIGINT/SIGTERM, then finishes in-flight records and closes.
 
-    uvloop.run(main())
+    Returns the process exit status: 0 after a requested stop, 1 when the edge failed (restart it).
+    """
+    return uvloop.run(serve(subscriptions, on_stop=on_stop))
+
+
+async def serve(subscriptions: list[Subscription], *, on_stop: Sequence[Callable[[], Awaitable[None]]] = ()) -> int:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await asyncio.gather(*(s.run(stopping) for s in subscriptions))
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        for close in on_stop:
+            await close()
+    return 1 if any(s.failed for s in subscriptions) else 0

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
+from services.common.backoff import backoff_seconds
 from services.common.dedupe import Thumbnails, existing
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
 from services.common.events import RETRY, Event, EventError, Failed, Fetched, Outgoing, Requested
@@ -36,10 +37,10 @@ class Source(Protocol):
 class RetryPolicy:
     max_attempts: int = 4
     base_seconds: float = 1.0
+    cap_seconds: float = 300.0
 
     def delay(self, attempt: int, jitter: float) -> float:
-        """Exponential backoff with ±50 % jitter, so a burst of failures does not retry in lockstep."""
-        return self.base_seconds * 2 ** (attempt - 1) * (0.5 + jitter)
+        return backoff_seconds(attempt, base=self.base_seconds, cap=self.cap_seconds, jitter=jitter)
 
 
 def attempt_of(headers: Mapping[str, bytes]) -> int:

@@ -6,7 +6,7 @@ import time
 from typing import Mapping
 
 from services.common import metrics, stage
-from services.common.cassandra import connect
+from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.events import REQUESTED, Event, Outgoing
 from services.common.kafka import RETRY, KafkaPublisher
 from services.common.repositories import ThumbnailRepository
@@ -35,10 +35,10 @@ def build_fetcher(settings: Settings, *, publisher: KafkaPublisher | None = None
     # Retries wait out their delay in a slot of their own member, so they never hold up fresh requests.
     concurrency = settings.fetch_concurrency
     subscriptions = [
-        stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, fresh), [settings.topic(REQUESTED)],
-                           concurrency=concurrency),
-        stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, retried), [settings.topic(RETRY)],
-                           concurrency=concurrency),
+        stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, fresh, transient=TRANSIENT_ERRORS),
+                           [settings.topic(REQUESTED)], concurrency=concurrency),
+        stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, retried, transient=TRANSIENT_ERRORS),
+                           [settings.topic(RETRY)], concurrency=concurrency),
     ]
     return subscriptions, downloader
 
@@ -51,7 +51,7 @@ def _wait_seconds(headers: Mapping[str, bytes]) -> float:
     return min(MAX_RETRY_WAIT_S, max(0.0, not_before - time.time()))
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings) -> int:
     metrics.serve(settings.api_host, settings.fetcher_metrics_port)
     subscriptions, downloader = build_fetcher(settings)
-    stage.run(subscriptions, on_stop=[downloader.close])
+    return stage.run(subscriptions, on_stop=[downloader.close])

@@ -5,7 +5,7 @@ from typing import Mapping
 
 
 from services.common import metrics, stage
-from services.common.cassandra import connect
+from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.events import COMPLETED, FAILED, FETCHED, REQUESTED, Event, Outgoing
 from services.common.kafka import KafkaPublisher
 from services.common.repositories import TaskRepository
@@ -24,11 +24,11 @@ def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = No
         return []
 
     # The publisher only carries dead letters here.
-    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle)
+    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle, transient=TRANSIENT_ERRORS)
     topics = [settings.topic(t) for t in (REQUESTED, FETCHED, COMPLETED, FAILED)]
     return stage.Subscription(settings, runner, topics, concurrency=16)
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings) -> int:
     metrics.serve(settings.api_host, settings.projector_metrics_port)
-    stage.run([build_projector(settings)])
+    return stage.run([build_projector(settings)])

@@ -14,7 +14,7 @@ from functools import partial
 from typing import AsyncIterator, Mapping
 
 from services.common import metrics, stage
-from services.common.cassandra import connect
+from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.errors import ErrorCode, PermanentError
 from services.common.events import FETCHED, Event, Outgoing, Rendition
 from services.common.kafka import KafkaPublisher
@@ -95,13 +95,13 @@ def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None
         async with locks.hold(event.key.decode()):
             return await handle_fetched(event, headers, thumbnails, render, settings.renderer_version)
 
-    runner = stage.StageRunner(STAGE, settings, publisher, handle)
+    runner = stage.StageRunner(STAGE, settings, publisher, handle, transient=TRANSIENT_ERRORS)
     # Four records per pool worker: while one renders, the others wait on their Cassandra and Kafka round
     # trips. Two left the cores idle (FullHD bench: 39 tasks/s with 2, 46 with 4, 49 with 8); more only
     # holds more source images in memory.
     return stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=render.workers * 4)
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings) -> int:
     metrics.serve(settings.api_host, settings.resizer_metrics_port)
-    stage.run([build_resizer(settings)])
+    return stage.run([build_resizer(settings)])
