@@ -114,7 +114,8 @@ def kill_stage(stack: Stack, supervisor: Supervisor, name: str) -> None:
 
 
 def kill_server(settings: Settings, name: str, observe: "Observer") -> None:
-    [server] = [s for s in all_servers(settings) if s.name == name]
+    # A kind ("kafka") means its first node; a node name ("kafka-2") means that node.
+    [server] = [s for s in all_servers(settings) if s.name in (name, f"{name}-1")]
     pid = running_pid(server.layout.pid_file, server.main_class)
     if pid is None:
         raise SystemExit(f"{name} is not running under thumbs; cannot kill it")

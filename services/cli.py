@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Callable
 
-from services.common.settings import Settings, SettingsError, documented
+from services.common.settings import Settings, SettingsError, documented, effective
 from services.devservers import commands as servers
 from services.replay import commands as replay
 
@@ -47,15 +47,21 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(settings: Settings, _args: argparse.Namespace) -> int:
-    from services.supervisor import run_all
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from services.supervisor import ScaleError, parse_scale, run_all
 
-    return run_all(settings)
+    try:
+        scale = parse_scale(args.scale)
+    except ScaleError as exc:
+        print(f"thumbs: {exc}", file=sys.stderr)
+        return 2
+    return run_all(settings, scale)
 
 
-def _settings(_settings: Settings, _args: argparse.Namespace) -> int:
-    for name, default, doc in documented():
-        print(f"{name}={default}\n    {doc}")
+def _settings(settings: Settings, _args: argparse.Namespace) -> int:
+    docs = {name: doc for name, _default, doc in documented()}
+    for name, value in effective(settings):
+        print(f"{name}={value}\n    {docs[name]}")
     return 0
 
 
@@ -67,15 +73,19 @@ COMMANDS = {
     "run": ("create topics and tables, then run the API and every stage until Ctrl-C", _run),
     "topics": ("create or verify the Kafka topics and their configs", _topics),
     "migrate": ("create or update the Cassandra keyspace and tables", _migrate),
-    "settings": ("list every THUMBS_* setting with its default", _settings),
+    "settings": ("list every THUMBS_* setting with its effective value (secrets masked)", _settings),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thumbs", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
     for name, (help_text, handler) in COMMANDS.items():
-        commands.add_parser(name, help=help_text).set_defaults(handler=handler)
+        parsers[name] = commands.add_parser(name, help=help_text)
+        parsers[name].set_defaults(handler=handler)
+    parsers["run"].add_argument("--scale", default="", metavar="STAGE=N,...",
+                                help="instances per stage, e.g. fetcher=2,resizer=2 (they share one consumer group)")
     replay.register(commands)
     servers.register(commands)
     return parser

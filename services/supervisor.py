@@ -1,28 +1,75 @@
 """`thumbs run`: the API and every stage as child processes in the foreground, restarted if one dies."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
-from services.common.settings import Settings
+from services.common.settings import PREFIX, Settings
 
 PROCESSES = ("api", "fetcher", "resizer", "projector")
+SCALABLE = ("fetcher", "resizer", "projector")
+# Instance N of a stage serves /metrics on its stage's port + 10(N-1): 9101, 9111, 9121 ... for fetchers.
+METRICS_PORT_STEP = 10
 
 
-def _spawn(name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "services.cli", name])
+class ScaleError(ValueError):
+    """A --scale value that names no scalable stage or no positive count."""
 
 
-def run_all(settings: Settings) -> int:
+def parse_scale(text: str) -> dict[str, int]:
+    """`fetcher=2,resizer=3` → {"fetcher": 2, "resizer": 3}; stages not named run once."""
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        stage, _, count = part.partition("=")
+        if stage not in SCALABLE or not count.isdigit() or int(count) < 1:
+            raise ScaleError(f"--scale {part!r}: use STAGE=N with N >= 1 and STAGE one of {', '.join(SCALABLE)}")
+        counts[stage] = int(count)
+    return counts
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One child process: `stage` is what it runs, `name` tells it apart (fetcher-2)."""
+
+    stage: str
+    number: int
+
+    @property
+    def name(self) -> str:
+        return self.stage if self.number == 1 else f"{self.stage}-{self.number}"
+
+    def environment(self, settings: Settings) -> dict[str, str]:
+        """What differs between instances of one stage: the metrics port (they share the consumer group)."""
+        if self.stage not in SCALABLE:
+            return {}
+        field = f"{self.stage}_metrics_port"
+        base = getattr(settings, field)
+        port = base + METRICS_PORT_STEP * (self.number - 1) if base else 0
+        return {PREFIX + field.upper(): str(port)}
+
+
+def instances(scale: dict[str, int]) -> list[Instance]:
+    return [Instance(stage, n) for stage in PROCESSES for n in range(1, scale.get(stage, 1) + 1)]
+
+
+def spawn(instance: Instance, settings: Settings) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **instance.environment(settings)}
+    return subprocess.Popen([sys.executable, "-m", "services.cli", instance.stage], env=env)
+
+
+def run_all(settings: Settings, scale: dict[str, int] | None = None) -> int:
     from services.common.cassandra import migrate
     from services.common.kafka import ensure_topics
 
     ensure_topics(settings)
     migrate(settings)
-    children = {name: _spawn(name) for name in PROCESSES}
-    print(f"thumbs: API on http://{settings.api_host}:{settings.api_port} (docs at /docs); Ctrl-C stops everything")
+    children = {instance: spawn(instance, settings) for instance in instances(scale or {})}
+    print(f"thumbs: API on http://{settings.api_host}:{settings.api_port} (docs at /docs); "
+          f"{', '.join(i.name for i in children)}; Ctrl-C stops everything")
     stopping = False
 
     def stop(*_args: object) -> None:
@@ -31,16 +78,16 @@ def run_all(settings: Settings) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    restarts: dict[str, float] = {}
+    restarts: dict[Instance, float] = {}
     while not stopping:
         time.sleep(0.5)
-        for name, child in list(children.items()):
+        for instance, child in list(children.items()):
             if child.poll() is not None and not stopping:
                 # Back off a little so a process that cannot start does not spin.
-                if time.monotonic() - restarts.get(name, 0.0) > 5.0:
-                    print(f"thumbs: {name} exited with {child.returncode}; restarting", file=sys.stderr)
-                    restarts[name] = time.monotonic()
-                    children[name] = _spawn(name)
+                if time.monotonic() - restarts.get(instance, 0.0) > 5.0:
+                    print(f"thumbs: {instance.name} exited with {child.returncode}; restarting", file=sys.stderr)
+                    restarts[instance] = time.monotonic()
+                    children[instance] = spawn(instance, settings)
     for child in children.values():
         if child.poll() is None:
             child.terminate()

@@ -33,7 +33,21 @@ def headers_of(message: Message) -> list[tuple[str, bytes]]:
 
 
 def client_config(settings: Settings) -> dict[str, object]:
-    return {"bootstrap.servers": settings.kafka_bootstrap, "client.id": "thumbs"}
+    """What every producer, consumer and admin client shares: where the brokers are and how to reach them."""
+    config: dict[str, object] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": "thumbs",
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        config |= {
+            "sasl.mechanisms": settings.kafka_sasl_mechanism,
+            "sasl.username": settings.kafka_sasl_username,
+            "sasl.password": settings.kafka_sasl_password,
+        }
+    if settings.kafka_security_protocol.endswith("SSL") and settings.kafka_ssl_ca_location:
+        config["ssl.ca.location"] = settings.kafka_ssl_ca_location
+    return config
 
 
 class KafkaPublisher:

@@ -31,8 +31,10 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r}")
 
 
-def _setting(default: Any, doc: str, cast: Callable[[str], Any] | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "cast": cast})
+def _setting(default: Any, doc: str, cast: Callable[[str], Any] | None = None, *, choices: tuple[str, ...] = (),
+             secret: bool = False) -> Any:
+    """A field read from THUMBS_<NAME>; `choices` are checked at load; a secret is masked wherever it is shown."""
+    return field(default=default, repr=not secret, metadata={"doc": doc, "cast": cast, "choices": choices, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,34 @@ class Settings:
     topic_prefix: str = _setting("", "Prefix for every topic and consumer group name (isolates environments and tests).")
     topic_partitions: int = _setting(6, "Partitions per pipeline topic, created by `thumbs topics`.")
     topic_retention_ms: int = _setting(7 * 24 * 3600 * 1000, "Retention of pipeline topics; replay works within it.")
+    fetched_retention_ms: int = _setting(
+        24 * 3600 * 1000, "Retention of thumbnail.fetched, which carries every source image (bytes on the brokers' disks)."
+    )
+    topic_replication_factor: int = _setting(1, "Replicas of each pipeline topic (3 on a production cluster).")
+    topic_min_insync_replicas: int = _setting(1, "In-sync replicas an acks=all write needs (2 with replication factor 3).")
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", "How clients reach Kafka.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "SCRAM-SHA-512", "SASL mechanism (with a SASL_* protocol).", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    kafka_sasl_username: str = _setting("", "SASL user name.")
+    kafka_sasl_password: str = _setting("", "SASL password (never logged; masked by `thumbs settings`).", secret=True)
+    kafka_ssl_ca_location: str = _setting("", "PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL).")
     cassandra_hosts: tuple[str, ...] = _setting(("127.0.0.1",), "Cassandra contact points (comma-separated).", _csv)
     cassandra_port: int = _setting(9042, "Cassandra native-protocol port.")
     keyspace: str = _setting("thumbs", "Cassandra keyspace.")
     cassandra_replication: str = _setting(
         "SimpleStrategy:1", "Keyspace replication: `SimpleStrategy:<rf>` or `NetworkTopologyStrategy:<dc>=<rf>,...`."
     )
-    cassandra_consistency: str = _setting("LOCAL_QUORUM", "Consistency level of reads and writes.")
+    cassandra_consistency: str = _setting(
+        "LOCAL_QUORUM", "Consistency level of reads and writes.",
+        choices=("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"),
+    )
+    cassandra_local_dc: str = _setting("", "Datacenter whose nodes serve requests (empty: the first contact point's).")
+    cassandra_username: str = _setting("", "Cassandra user (PasswordAuthenticator); empty: no authentication.")
+    cassandra_password: str = _setting("", "Cassandra password (never logged; masked by `thumbs settings`).", secret=True)
+    cassandra_ssl_ca_location: str = _setting("", "PEM file of the CA of the nodes' certificates; set, clients use TLS.")
     task_ttl_seconds: int = _setting(0, "TTL of task rows in seconds (0 keeps them forever).")
     api_host: str = _setting("127.0.0.1", "Address the HTTP API and every stage's /metrics bind to.")
     api_port: int = _setting(8080, "Port of the HTTP API (its /metrics is served there too).")
@@ -70,6 +93,10 @@ class Settings:
     max_pixels: int = _setting(50_000_000, "Largest source image in pixels, checked from the header before decoding.")
     max_frames: int = _setting(1000, "Most frames an animated source may declare (only the first is rendered).")
     resizer_workers: int = _setting(0, "Resize processes per resizer (0 = one per CPU core).")
+    instance: str = _setting(
+        "", "Unique name of this stage process (e.g. a StatefulSet pod name): Kafka static group membership, so "
+        "a restart within the session timeout moves no partitions. Empty: dynamic membership."
+    )
     renderer_version: int = _setting(1, "Bump to re-render every thumbnail on the next replay of thumbnail.fetched.")
     state_dir: Path = _setting(REPO_ROOT / ".thumbs", "Folder for local server data, logs, caches and worker state.", Path)
 
@@ -86,6 +113,9 @@ class Settings:
                 values[f.name] = cast(raw)
             except ValueError as exc:
                 raise SettingsError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+            choices = f.metadata["choices"]
+            if choices and values[f.name] not in choices:
+                raise SettingsError(f"{PREFIX}{f.name.upper()}={raw!r}: use one of {', '.join(choices)}")
         return cls(**values)
 
     def topic(self, name: str) -> str:
@@ -97,6 +127,16 @@ class Settings:
 
 def _cast_for(type_name: Any) -> Callable[[str], Any]:
     return {"int": int, "float": float, "bool": _bool, "str": str}[str(type_name)]
+
+
+def effective(settings: Settings) -> list[tuple[str, str]]:
+    """(variable, value) for every setting, secrets masked, for `thumbs settings`."""
+    rows = []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+        rows.append((PREFIX + f.name.upper(), "********" if f.metadata["secret"] and value else shown))
+    return rows
 
 
 def documented() -> list[tuple[str, str, str]]:

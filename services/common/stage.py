@@ -235,7 +235,7 @@ class Subscription:
         self._stopping = asyncio.Event()
         # confluent-kafka calls block: they run on this member's own thread, one at a time.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{runner.stage}-consumer")
-        self._consumer = consumer or kafka_consumer(settings, runner.stage)
+        self._consumer = consumer or kafka_consumer(settings, runner.stage, topics)
 
     async def run(self, stopping: asyncio.Event) -> None:
         self._stopping = stopping
@@ -333,9 +333,15 @@ class Subscription:
         self._thread.shutdown(wait=False)
 
 
-def kafka_consumer(settings: Settings, stage: str) -> Consumer:
+def kafka_consumer(settings: Settings, stage: str, topics: list[str]) -> Consumer:
+    static = {}
+    if settings.instance:
+        # Static membership: an instance restarted within the session timeout gets its partitions back
+        # without a rebalance of the whole group (rolling restarts, a broker's leadership moving).
+        static = {"group.instance.id": f"{settings.instance}.{'+'.join(topics)}"}
     return Consumer({
         **client_config(settings),
+        **static,
         "group.id": settings.group(stage),
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",

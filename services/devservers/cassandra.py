@@ -1,9 +1,9 @@
-"""A single-node Cassandra 5.0 on 127.0.0.1, tuned to start fast on a small machine."""
+"""Local Cassandra 5.0 nodes (one on 127.0.0.1, or a ring on 127.0.0.11, .12, ...), tuned to start fast."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from services.common.settings import Settings
 
@@ -12,8 +12,12 @@ from .maven import cached_lib
 from .server import Layout, Say, port_open
 from .versions import SERVERS_DIR, Versions
 
-HOST = "127.0.0.1"
+if TYPE_CHECKING:
+    from .topology import Topology
+
 STORAGE_PORT = 7000
+DATACENTER = "dc1"
+RING_HOSTS = "127.0.0.{}"  # node N of a ring listens on 127.0.0.1N: every loopback address is local on Linux
 JAMM = "jamm-0.4.0.jar"
 # conf/jvm17-server.options of Cassandra 5.0: without these, Java 17 refuses its reflective access.
 ADD_EXPORTS = (
@@ -43,13 +47,23 @@ JVM_FLAGS = (
 )
 
 
+def node_hosts(settings: Settings, nodes: int) -> list[str]:
+    """One node on the first contact point (127.0.0.1 by default); a ring on 127.0.0.11, .12, ..."""
+    return [settings.cassandra_hosts[0]] if nodes == 1 else [RING_HOSTS.format(10 + n) for n in range(1, nodes + 1)]
+
+
 @dataclass(frozen=True)
 class Cassandra:
     settings: Settings
     versions: Versions
-    name: ClassVar[str] = "cassandra"
+    topology: "Topology"
+    node_id: int = 1
     main_class: ClassVar[str] = "org.apache.cassandra.service.CassandraDaemon"
     ready_timeout: ClassVar[float] = 180.0
+
+    @property
+    def name(self) -> str:
+        return f"cassandra-{self.node_id}"
 
     @property
     def layout(self) -> Layout:
@@ -59,15 +73,23 @@ class Cassandra:
     def main_log(self) -> Path:
         return self.layout.logs / "system.log"
 
+    @property
+    def host(self) -> str:
+        return node_hosts(self.settings, self.topology.cassandra_nodes)[self.node_id - 1]
+
     def address(self) -> str:
-        return f"{HOST}:{self.settings.cassandra_port}"
+        return f"{self.host}:{self.settings.cassandra_port}"
 
     def prepare(self, say: Say) -> list[str]:
         lib = self._lib(say)
         self.layout.create()
         (self.layout.data / "triggers").mkdir(exist_ok=True)
         yaml, logback = self.layout.conf / "cassandra.yaml", self.layout.conf / "logback.xml"
-        yaml.write_text(cassandra_yaml(self.settings.cassandra_port, self.layout.data))
+        nodes = self.topology.cassandra_nodes
+        yaml.write_text(cassandra_yaml(self.settings.cassandra_port, self.layout.data, host=self.host,
+                                       seeds=node_hosts(self.settings, nodes), token=ring_token(self.node_id, nodes),
+                                       cluster_name=f"thumbs-dev-{nodes}"))
+        (self.layout.conf / "cassandra-rackdc.properties").write_text(f"dc={DATACENTER}\nrack=rack1\n")
         logback.write_text(logback_xml(self.main_log))
         return [
             java_binary(), *JVM_FLAGS,
@@ -82,8 +104,8 @@ class Cassandra:
         ]
 
     def answers(self) -> bool:
-        hosts, port = self.settings.cassandra_hosts, self.settings.cassandra_port
-        return port_open(hosts[0], port) and query_answers(hosts, port)
+        port = self.settings.cassandra_port
+        return port_open(self.host, port) and query_answers((self.host,), port, peers=self.topology.cassandra_nodes - 1)
 
     def _lib(self, say: Say) -> Path:
         cache = self.settings.state_dir / "cache" / f"cassandra-{self.versions.cassandra}"
@@ -93,19 +115,29 @@ class Cassandra:
         return cached_lib(cache, SERVERS_DIR / "cassandra" / "pom.xml", {"cassandra.version": self.versions.cassandra})
 
 
-def cassandra_yaml(port: int, data: Path) -> str:
-    # Cassandra rejects unknown keys, so this lists only 5.0 names.
+def ring_token(node_id: int, nodes: int) -> int:
+    """Evenly spaced Murmur3 tokens, one per node: a balanced ring without vnodes."""
+    return -(2**63) + (node_id - 1) * (2**64 // nodes)
+
+
+def cassandra_yaml(port: int, data: Path, *, host: str = "127.0.0.1", seeds: list[str] | None = None,
+                   token: int = -(2**63), cluster_name: str = "thumbs-dev-1") -> str:
+    # Cassandra rejects unknown keys, so this lists only 5.0 names. Every node is a seed: the ring then
+    # starts in parallel (a non-seed started beside a not-yet-listening seed gives up on gossip).
+    seed_list = ",".join(f"{seed}:{STORAGE_PORT}" for seed in (seeds or [host]))
     return f"""\
-cluster_name: thumbs-dev
+cluster_name: {cluster_name}
 num_tokens: 1
+initial_token: {token}
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-endpoint_snitch: SimpleSnitch
+# Reads the datacenter and rack from cassandra-rackdc.properties, as production snitches do.
+endpoint_snitch: GossipingPropertyFileSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "{HOST}:{STORAGE_PORT}"
-listen_address: {HOST}
-rpc_address: {HOST}
+      - seeds: "{seed_list}"
+listen_address: {host}
+rpc_address: {host}
 storage_port: {STORAGE_PORT}
 native_transport_port: {port}
 data_file_directories: [{data / 'data'}]
@@ -142,8 +174,8 @@ def logback_xml(log_file: Path) -> str:
 """
 
 
-def query_answers(hosts: tuple[str, ...], port: int, timeout: float = 5.0) -> bool:
-    """True when a CQL session can read `release_version` from system.local."""
+def query_answers(hosts: tuple[str, ...], port: int, timeout: float = 5.0, *, peers: int = 0) -> bool:
+    """True when a CQL session can read `release_version` from system.local and the node knows `peers` others."""
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # only probes need the driver
     from cassandra.policies import RoundRobinPolicy
 
@@ -151,7 +183,10 @@ def query_answers(hosts: tuple[str, ...], port: int, timeout: float = 5.0) -> bo
     cluster = Cluster(list(hosts), port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
                       connect_timeout=timeout, control_connection_timeout=timeout, protocol_version=5)
     try:
-        return cluster.connect().execute("SELECT release_version FROM system.local").one() is not None
+        session = cluster.connect()
+        if session.execute("SELECT release_version FROM system.local").one() is None:
+            return False
+        return len(list(session.execute("SELECT peer FROM system.peers_v2"))) >= peers
     except Exception:  # noqa: BLE001 - any failure means "not answering yet"
         return False
     finally:

@@ -11,6 +11,7 @@ from .cassandra import Cassandra
 from .kafka import Kafka
 from .process import is_alive, rss_kib, running_pid, spawn, tail, terminate
 from .server import Say, Server
+from .topology import Topology, current, save
 
 POLL_SECONDS = 0.5
 
@@ -26,15 +27,22 @@ class Launch:
     since: float
 
 
-def all_servers(settings: Settings) -> list[Server]:
-    """Cassandra first: it boots slowest, so it starts while Kafka's jars and storage are prepared."""
+def all_servers(settings: Settings, topology: Topology | None = None) -> list[Server]:
+    """Every node of the shape set up (one of each by default). Cassandra first: it boots slowest, so it
+    starts while Kafka's jars and storage are prepared."""
+    topology = topology or current(settings)
     pinned = versions.load()
-    return [Cassandra(settings, pinned), Kafka(settings, pinned)]
+    return [
+        *(Cassandra(settings, pinned, topology, n) for n in range(1, topology.cassandra_nodes + 1)),
+        *(Kafka(settings, pinned, topology, n) for n in range(1, topology.kafka_brokers + 1)),
+    ]
 
 
-def ensure_running(settings: Settings, say: Say = print) -> None:
-    """Starts whichever server does not answer yet and waits for both; raises ServersError with the reason."""
-    failures = start_servers(all_servers(settings), say)
+def ensure_running(settings: Settings, say: Say = print, topology: Topology | None = None) -> None:
+    """Starts whichever node does not answer yet and waits for all; raises ServersError with the reason."""
+    topology = topology or current(settings)
+    save(settings, topology)  # before any storage is formatted: every broker needs the same cluster id
+    failures = start_servers(all_servers(settings, topology), say)
     if failures:
         raise ServersError("\n\n".join(failures))
 

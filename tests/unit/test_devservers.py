@@ -4,15 +4,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from services.common.settings import Settings
 from services.devservers import maven
-from services.devservers.cassandra import Cassandra, cassandra_yaml
+from services.devservers import commands
+from services.devservers.cassandra import Cassandra, cassandra_yaml, ring_token
 from services.devservers.kafka import MAX_MESSAGE_BYTES, Kafka, cluster_id, server_properties
+from services.devservers.lifecycle import all_servers
+from services.devservers.topology import Topology, TopologyError, choose, save
 from services.devservers.versions import Versions, load, parse_env_file
 
 VERSIONS = Versions(kafka="4.1.1", kafka_log4j="2.24.3", cassandra="5.0.9")
+SINGLE = Topology(1, 1, "AAAAAAAAAAAAAAAAAAAAAA")
+CLUSTER = Topology(3, 3, "AAAAAAAAAAAAAAAAAAAAAA")
 
 
 def test_versions_file_pins_every_server() -> None:
@@ -32,9 +38,49 @@ def test_kafka_properties_single_node_with_large_messages(tmp_path: Path) -> Non
 
 
 def test_kafka_port_follows_bootstrap(tmp_path: Path) -> None:
-    kafka = Kafka(Settings(kafka_bootstrap="127.0.0.1:19092,other:1", state_dir=tmp_path), VERSIONS)
+    kafka = Kafka(Settings(kafka_bootstrap="127.0.0.1:19092,other:1", state_dir=tmp_path), VERSIONS, SINGLE)
     assert kafka.address() == "127.0.0.1:19092"
-    assert kafka.layout.home == tmp_path / "servers" / "kafka"
+    assert kafka.layout.home == tmp_path / "servers" / "kafka-1"
+
+
+def test_a_three_broker_cluster_is_three_voters_with_replicated_internal_topics(tmp_path: Path) -> None:
+    lines = dict(line.split("=", 1) for line in server_properties(19092, tmp_path, 2, 3).splitlines())
+    assert lines["node.id"] == "2"
+    assert lines["listeners"] == "PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095"
+    assert lines["controller.quorum.voters"] == "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"
+    assert lines["offsets.topic.replication.factor"] == lines["default.replication.factor"] == "3"
+    assert lines["min.insync.replicas"] == lines["transaction.state.log.min.isr"] == "2"
+
+
+def test_a_ring_has_one_balanced_token_per_node_on_its_own_address(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    nodes = [s for s in all_servers(settings, CLUSTER) if isinstance(s, Cassandra)]
+    assert [n.address() for n in nodes] == ["127.0.0.11:9042", "127.0.0.12:9042", "127.0.0.13:9042"]
+    tokens = [ring_token(n, 3) for n in (1, 2, 3)]
+    assert tokens[0] == -(2**63) and tokens[1] - tokens[0] == tokens[2] - tokens[1] == 2**64 // 3
+    config = yaml.safe_load(cassandra_yaml(9042, tmp_path, host="127.0.0.12", seeds=["127.0.0.11", "127.0.0.12"],
+                                           token=tokens[1], cluster_name="c"))
+    assert config["listen_address"] == config["rpc_address"] == "127.0.0.12"
+    assert config["seed_provider"][0]["parameters"][0]["seeds"] == "127.0.0.11:7000,127.0.0.12:7000"
+    assert config["endpoint_snitch"] == "GossipingPropertyFileSnitch"
+
+
+def test_env_points_clients_at_every_node_with_replicated_settings(tmp_path: Path) -> None:
+    env = commands.environment(Settings(state_dir=tmp_path), CLUSTER)
+    assert env["THUMBS_KAFKA_BOOTSTRAP"] == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert env["THUMBS_CASSANDRA_HOSTS"] == "127.0.0.11,127.0.0.12,127.0.0.13"
+    assert env["THUMBS_CASSANDRA_REPLICATION"] == "NetworkTopologyStrategy:dc1=3"
+    assert (env["THUMBS_TOPIC_REPLICATION_FACTOR"], env["THUMBS_TOPIC_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+    assert Settings.from_env(env).cassandra_local_dc == "dc1"  # what `eval "$(thumbs servers env)"` yields
+
+
+def test_the_shape_is_kept_and_changing_it_needs_a_wipe(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    assert (choose(settings, None, None).kafka_brokers, choose(settings, 3, 3).cassandra_nodes) == (1, 3)
+    save(settings, choose(settings, 3, 3))
+    assert choose(settings, None, None).kafka_brokers == 3  # a plain `start` restarts the same cluster
+    with pytest.raises(TopologyError, match="--wipe"):
+        choose(settings, 1, None)
 
 
 def test_cluster_id_looks_like_kafkas() -> None:
@@ -51,7 +97,7 @@ def test_cassandra_yaml_fits_large_thumbnails(tmp_path: Path) -> None:
 
 
 def test_cassandra_command_has_jpms_flags_and_agent(tmp_path: Path) -> None:
-    node = Cassandra(Settings(state_dir=tmp_path), VERSIONS)
+    node = Cassandra(Settings(state_dir=tmp_path), VERSIONS, SINGLE)
     lib = tmp_path / "cache" / "cassandra-5.0.9"
     (lib / "lib").mkdir(parents=True)
     (lib / maven.STAMP).write_text("cassandra.version=5.0.9\n")
