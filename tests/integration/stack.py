@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from services.common.cassandra import connect, migrate
 from services.common.kafka import client_config, ensure_topics
+from services.common.events import COMPLETED, Event, decode
 from services.common.settings import PREFIX, Settings
+from services.supervisor import Instance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -153,12 +156,15 @@ class Stack:
         return f"http://127.0.0.1:{self.settings.api_port}"
 
     def start(self, *names: str) -> None:
+        """Starts processes by instance name: `resizer` or `resizer-2` (another member of its stage's group)."""
         log_dir = self.settings.state_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         for name in names or self.names:
+            instance = _instance(name)
             log = open(log_dir / f"{name}.log", "ab")
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", name], env={**os.environ, **self.env},
+                [sys.executable, "-m", "services.cli", instance.stage],
+                env={**os.environ, **self.env, **instance.environment(self.settings)},
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -181,9 +187,11 @@ class Stack:
     def wait_ready(self, timeout: float = 60.0) -> None:
         wait_for(lambda: _answers(self.api + "/ready"), timeout, lambda: "API not ready:\n" + self.log_tail("api"))
 
-    def metric(self, stage: str, name: str) -> float:
-        port = {"api": self.settings.api_port, "fetcher": self.settings.fetcher_metrics_port,
-                "resizer": self.settings.resizer_metrics_port, "projector": self.settings.projector_metrics_port}[stage]
+    def metric(self, name_or_stage: str, name: str) -> float:
+        """A counter summed over its labels, read from one process (`resizer`, `resizer-2`, `api`)."""
+        instance = _instance(name_or_stage)
+        port = self.settings.api_port if instance.stage == "api" else int(
+            instance.environment(self.settings)[f"{PREFIX}{instance.stage.upper()}_METRICS_PORT"])
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         total = 0.0
         for line in text.splitlines():
@@ -192,6 +200,33 @@ class Stack:
                 if label_part.startswith(("{", " ")):
                     total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+def _instance(name: str) -> Instance:
+    stage, _, number = name.partition("-")
+    return Instance(stage, int(number or 1))
+
+
+def completed_events(settings: Settings, timeout: float = 30.0) -> list[Event]:
+    """Every thumbnail.completed event of an environment, read from the start of the topic to its end."""
+    topic = settings.topic(COMPLETED)
+    consumer = Consumer({**client_config(settings), "group.id": f"check-{uuid.uuid4()}", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        positions = {p: 0 for p in partitions}
+        events: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while any(positions[p] < ends[p] for p in partitions) and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None:
+                    events.append(decode(message.value(), [(k, v or b"") for k, v in message.headers() or ()]))
+                    positions[message.partition()] = message.offset() + 1
+        assert all(positions[p] >= ends[p] for p in partitions), f"could not read {topic} to its end"
+        return events
+    finally:
+        consumer.close()
 
 
 def _answers(url: str) -> bool:
@@ -226,13 +261,14 @@ def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> 
 
 @contextmanager
 def running_stack(
-    kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp: Path, **extra: str
+    kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp: Path,
+    names: tuple[str, ...] = Stack.names, **extra: str,
 ) -> Iterator[Stack]:
-    """An isolated environment (topics and tables created) with every process running until exit; dropped after."""
+    """An isolated environment (topics and tables created) with `names` running until exit; dropped after."""
     env = isolated_env(kafka_bootstrap, cassandra_contact, tmp, **extra)
     ensure_topics(settings_of(env))
     migrate(settings_of(env))
-    stack = Stack(env)
+    stack = Stack(env, names)
     stack.start()
     try:
         stack.wait_ready()

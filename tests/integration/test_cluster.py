@@ -1,0 +1,189 @@
+"""A replicated cluster under faults: 3 brokers, 3 Cassandra nodes, two instances of every stage.
+
+Topics at replication factor 3 with min.insync.replicas=2, the keyspace at RF 3 and LOCAL_QUORUM. Mid-load,
+the broker leading most thumbnail.fetched partitions is SIGKILLed, later a Cassandra node; both come back.
+Every accepted task must end SUCCESS, each distinct image rendered once, no status ever moving backwards.
+The cluster is started by the project's own `thumbs servers` code in a state dir of its own and stopped
+after the module. `bench/chaos.py --cluster` runs the same faults under a longer load.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from services.common.events import Completed
+from services.common.kafka import client_config
+from services.common.settings import Settings
+from services.devservers.commands import environment
+from services.devservers.lifecycle import all_servers, ensure_running, start_servers, stop_servers
+from services.devservers.process import running_pid
+from services.devservers.server import Server
+from services.devservers.topology import choose
+
+from .stack import ImageServer, Stack, completed_events, running_stack
+from .test_crash_recovery import with_comment
+from .test_pipeline import photo
+
+pytestmark = pytest.mark.integration
+
+DISTINCT = 120  # distinct images; every third one is also asked for under a second URL
+TASKS = DISTINCT + DISTINCT // 3
+RATE = 8.0  # tasks per second: the load lasts ~20 s, long enough for both faults to land inside it
+STAGE_RANK = {"PENDING": 1, "FETCHED": 2, "SUCCESS": 3, "FAILURE": 3}
+INSTANCES = ("api", "fetcher", "fetcher-2", "resizer", "resizer-2", "projector", "projector-2")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """3 brokers on 127.0.0.1:19092-19097 and a ring on 127.0.0.11-13, away from the default servers."""
+    state = tmp_path_factory.mktemp("cluster")
+    shared_cache = Settings().state_dir / "cache"
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    (state / "cache").symlink_to(shared_cache)  # the jars the default servers resolved
+    settings = Settings(kafka_bootstrap="127.0.0.1:19092", state_dir=state)
+    topology = choose(settings, 3, 3)
+    try:
+        ensure_running(settings, print, topology)
+        yield Settings.from_env(environment(settings, topology))
+    finally:
+        stop_servers(all_servers(settings, topology), print, grace=20)
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    hosts = (cluster.cassandra_hosts, cluster.cassandra_port)
+    extra = {"TOPIC_REPLICATION_FACTOR": "3", "TOPIC_MIN_INSYNC_REPLICAS": "2", "CASSANDRA_LOCAL_DC": "dc1",
+             "CASSANDRA_REPLICATION": cluster.cassandra_replication, "RESIZER_WORKERS": "1"}
+    with running_stack(cluster.kafka_bootstrap, hosts, tmp_path_factory.mktemp("stack"), names=INSTANCES,
+                       **extra) as stack:
+        yield stack
+
+
+@dataclass
+class Load:
+    """Submits tasks at a steady rate and follows each until it is terminal, recording what the API said."""
+
+    stack: Stack
+    urls: list[str]
+    accepted: list[str] = field(default_factory=list)
+    refused: Counter[int] = field(default_factory=Counter)
+    server_errors: list[str] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)
+    finished_at: dict[str, float] = field(default_factory=dict)
+    statuses: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def submit(self) -> None:
+        started = time.monotonic()
+        with httpx.Client(base_url=self.stack.api, timeout=30) as client:
+            for index, url in enumerate(self.urls):
+                time.sleep(max(0.0, started + index / RATE - time.monotonic()))
+                response = client.post("/thumbnail", json={"source_image_url": url})
+                if response.status_code == 202:
+                    self.accepted.append(response.json()["task_id"])
+                elif response.status_code == 503 and "retry-after" in response.headers:
+                    self.refused[503] += 1
+                else:
+                    self.server_errors.append(f"POST {response.status_code}: {response.text[:200]}")
+
+    def follow(self, until: threading.Event, deadline: float) -> None:
+        rank: dict[str, int] = {}
+        with httpx.Client(base_url=self.stack.api, timeout=30) as client:
+            while time.monotonic() < deadline:
+                open_tasks = [t for t in list(self.accepted) if t not in self.finished_at]
+                if until.is_set() and not open_tasks:
+                    return
+                for task_id in open_tasks:
+                    response = client.get("/thumbnail", params={"task_id": task_id})
+                    if response.status_code >= 500:
+                        self.server_errors.append(f"GET {response.status_code}: {response.text[:200]}")
+                        continue
+                    body = response.json()
+                    now = STAGE_RANK[body["status"] if body["status"] != "PENDING" else body["stage"]]
+                    if now < rank.get(task_id, 0):
+                        self.regressions.append(f"{task_id}: {rank[task_id]} -> {body}")
+                    rank[task_id] = max(now, rank.get(task_id, 0))
+                    if body["status"] in ("SUCCESS", "FAILURE"):
+                        self.finished_at[task_id] = time.monotonic()
+                        self.statuses[task_id] = body
+                time.sleep(0.2)
+
+    def resumed_after(self, moment: float) -> float:
+        """Seconds from `moment` to the first task seen finishing after it."""
+        later = [t for t in self.finished_at.values() if t > moment]
+        return min(later) - moment if later else float("inf")
+
+
+def fetched_leader(settings: Settings) -> int:
+    """The broker id leading the most partitions of thumbnail.fetched."""
+    admin = AdminClient(client_config(settings))
+    topic = admin.list_topics(settings.topic("thumbnail.fetched"), timeout=10).topics[settings.topic("thumbnail.fetched")]
+    assert {len(p.replicas) for p in topic.partitions.values()} == {3}, "thumbnail.fetched is not replicated 3 times"
+    return Counter(p.leader for p in topic.partitions.values()).most_common(1)[0][0]
+
+
+def crash(server: Server) -> None:
+    pid = running_pid(server.layout.pid_file, server.main_class)
+    assert pid is not None, f"{server.name} is not running"
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_broker_and_node_killed_mid_load_lose_nothing(cluster: Settings, stack: Stack, tmp_path: Path) -> None:
+    servers = {s.name: s for s in all_servers(Settings(kafka_bootstrap="127.0.0.1:19092",
+                                                       state_dir=cluster.state_dir))}
+    images = ImageServer()
+    try:
+        base = photo(320, 240, seed=40)
+        urls = [images.add(f"/c/{n}.jpg", with_comment(base, f"cluster-{n}")) for n in range(DISTINCT)]
+        urls += [images.add(f"/again/{n}.jpg", with_comment(base, f"cluster-{n}")) for n in range(0, DISTINCT, 3)]
+        load = Load(stack, urls)
+        submitted = threading.Event()
+        follower = threading.Thread(target=load.follow, args=(submitted, time.monotonic() + 300))
+        follower.start()
+        submitter = threading.Thread(target=load.submit)
+        submitter.start()
+
+        time.sleep(4)
+        broker = servers[f"kafka-{fetched_leader(stack.settings)}"]
+        broker_killed = time.monotonic()
+        crash(broker)
+        time.sleep(3)
+        assert not start_servers([broker], print), f"{broker.name} did not come back"
+        time.sleep(2)
+        node = servers["cassandra-3"]
+        node_killed = time.monotonic()
+        crash(node)
+        time.sleep(3)
+        assert not start_servers([node], print), f"{node.name} did not come back"
+
+        submitter.join(timeout=120)
+        submitted.set()
+        follower.join(timeout=320)
+    finally:
+        images.close()
+
+    print(f"cluster: {len(load.accepted)} accepted, {load.refused[503]} refused with 503; completions resumed "
+          f"{load.resumed_after(broker_killed):.1f} s after the {broker.name} kill and "
+          f"{load.resumed_after(node_killed):.1f} s after the {node.name} kill")
+    assert not load.server_errors, load.server_errors[:5]
+    assert not load.regressions, load.regressions[:5]
+    assert len(load.accepted) >= TASKS * 0.9, f"only {len(load.accepted)} of {TASKS} accepted"
+    statuses = Counter(load.statuses.get(t, {}).get("status", "NOT FINISHED") for t in load.accepted)
+    assert statuses == Counter({"SUCCESS": len(load.accepted)}), statuses
+
+    renders = Counter(e.payload.source_sha256 for e in completed_events(stack.settings)
+                      if isinstance(e.payload, Completed) and not e.payload.deduplicated)
+    distinct = {load.statuses[t]["source_sha256"] for t in load.accepted}
+    assert set(renders) == distinct and max(renders.values()) == 1, renders.most_common(3)
+    # both instances of every stage took part
+    for name in INSTANCES[1:]:
+        assert stack.metric(name, "thumbs_events_in_total") > 0, f"{name} handled nothing"
