@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from services.common.events import FORMATS, Rendition
+from services.common.urls import has_web_scheme
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_URL_LENGTH = 2048
@@ -42,10 +43,9 @@ def _source_url(url: Any) -> str:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must not be empty")
     if len(url) > MAX_URL_LENGTH:
         raise ApiError(422, "INVALID_REQUEST", f"source_image_url is longer than {MAX_URL_LENGTH} characters")
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
+    if not has_web_scheme(url):
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must be an http or https URL")
-    if not rest.split("/", 1)[0].split("?", 1)[0]:
+    if not url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url has no host")
     return url
 

@@ -12,6 +12,7 @@ from services.common.dedupe import Thumbnails, existing
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
 from services.common.events import RETRY, Event, EventError, Failed, Fetched, Outgoing, Requested
 from services.common.media import sniff
+from services.common.urls import has_web_scheme
 
 log = logging.getLogger(__name__)
 STAGE = "fetcher"
@@ -93,7 +94,7 @@ async def handle_requested(
 
 
 def _check_scheme(url: str) -> None:
-    if not url.lower().startswith(("http://", "https://")):
+    if not has_web_scheme(url):
         raise PermanentError(ErrorCode.INVALID_REQUEST, "source_url must be an http or https URL")
 
 

@@ -97,7 +97,7 @@ class Downloader:
             s = self._settings
             self._resolver = GuardedResolver(self._inner_resolver or aiohttp.ThreadedResolver(), s.fetch_allow_networks)
             # No DNS cache: each new connection gets a fresh lookup and a fresh check. No connection
-            # limit here: the agents' concurrency already bounds downloads in flight.
+            # limit here: the stage's concurrency already bounds downloads in flight.
             connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False, limit=0)
             self._session = aiohttp.ClientSession(
                 connector=connector,

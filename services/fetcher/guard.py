@@ -9,12 +9,12 @@ from collections.abc import Iterable
 from yarl import URL
 
 from services.common.errors import ErrorCode, PermanentError
+from services.common.urls import SCHEMES
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
-SCHEMES = frozenset({"http", "https"})
 # Letters, digits, hyphen, underscore, dot: what DNS names (after IDNA) and dotted IPv4 use. Anything else
 # (`%`, spaces, zone ids) is refused rather than left to each resolver's idea of what it means.
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -52,6 +52,6 @@ def _wait_seconds(headers: Mapping[str, bytes]) -> float:
 
 
 def main(settings: Settings) -> int:
-    metrics.serve(settings.api_host, settings.fetcher_metrics_port)
+    metrics.serve(settings.metrics_host, settings.fetcher_metrics_port)
     subscriptions, downloader = build_fetcher(settings)
     return stage.run(subscriptions, on_stop=[downloader.close])

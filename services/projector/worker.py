@@ -30,5 +30,5 @@ def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = No
 
 
 def main(settings: Settings) -> int:
-    metrics.serve(settings.api_host, settings.projector_metrics_port)
+    metrics.serve(settings.metrics_host, settings.projector_metrics_port)
     return stage.run([build_projector(settings)])

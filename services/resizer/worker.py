@@ -103,5 +103,5 @@ def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None
 
 
 def main(settings: Settings) -> int:
-    metrics.serve(settings.api_host, settings.resizer_metrics_port)
+    metrics.serve(settings.metrics_host, settings.resizer_metrics_port)
     return stage.run([build_resizer(settings)])

@@ -58,6 +58,7 @@ def test_stages_start_after_init(compose: dict[str, Any], stage: str) -> None:
     assert service["build"]["dockerfile"] == "deploy/Dockerfile"
     assert service["environment"] == {
         "THUMBS_KAFKA_BOOTSTRAP": "kafka:9092", "THUMBS_CASSANDRA_HOSTS": "cassandra", "THUMBS_API_HOST": "0.0.0.0",
+        "THUMBS_METRICS_HOST": "0.0.0.0",
     }
 
 
