@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `services` im
 from PIL import Image, features
 
 from bench.corpus import build_corpus
-from services.common.events import Rendition
+from services.common.model import Rendition
 from services.resizer.imaging import make_thumbnail
 
 BOX = (100, 100)

@@ -5,9 +5,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.events import Event
 from services.common.kafka import PublishError
-from services.common.repositories import TASK_COLUMNS, StoredThumbnail, TaskUpdate, TaskView
+from services.common.model import TASK_COLUMNS, Event, StoredThumbnail, TaskUpdate, TaskView
 from services.common.status import Status
 
 

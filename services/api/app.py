@@ -16,9 +16,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from services.common.events import Event, Requested
 from services.common.kafka import PublishError
-from services.common.repositories import StoredThumbnail, TaskUpdate, TaskView
+from services.common.model import Event, Requested, StoredThumbnail, TaskView
+from services.common.ports import Tasks, Thumbnails
 from services.common.settings import Settings
 from services.common.status import Status
 from services.projector.core import project
@@ -37,18 +37,6 @@ class Publisher(Protocol):
     def reachable(self, timeout: float = 2.0) -> bool: ...
 
 
-class Tasks(Protocol):
-    async def apply(self, update: TaskUpdate) -> None: ...
-
-    async def get(self, task_id: str) -> TaskView | None: ...
-
-    async def ping(self) -> None: ...
-
-
-class Thumbnails(Protocol):
-    async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None: ...
-
-
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     # The top-level "message" keeps clients of the replaced system working.
     return JSONResponse({"error": {"code": code, "message": message}, "message": message}, status, headers)
@@ -65,7 +53,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         closers = []
         if publisher is None or tasks is None or thumbnails is None:
-            from .wiring import real_adapters  # imported late: no clients at import time
+            from .wiring import (
+                real_adapters,  # imported late: no clients at import time
+            )
 
             built, closers = real_adapters(settings)
             app.state.publisher = publisher or built.publisher

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from services.common.events import FORMATS
+from services.common.model import FORMATS
 
 from .validation import MAX_EDGE, MAX_URL_LENGTH
 

@@ -5,7 +5,7 @@ import json
 import uuid
 from typing import Any
 
-from services.common.events import FORMATS, Rendition
+from services.common.model import FORMATS, Rendition
 from services.common.urls import has_web_scheme
 
 MAX_BODY_BYTES = 16 * 1024

@@ -5,18 +5,8 @@ again under its per-content lock before rendering, which is what makes "one rend
 """
 from __future__ import annotations
 
-from typing import Protocol
-
-from .events import Completed, Rendition
-from .repositories import StoredThumbnail
-
-
-class Thumbnails(Protocol):
-    """Rendered thumbnails by (source sha256, rendition key)."""
-
-    async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None: ...
-
-    async def put(self, sha256: str, rendition_key: str, thumbnail: StoredThumbnail) -> None: ...
+from .model import Completed, Rendition, StoredThumbnail
+from .ports import Thumbnails
 
 
 def completed(sha256: str, rendition: Rendition, renderer_version: int, stored: StoredThumbnail, *, deduplicated: bool) -> Completed:

@@ -12,148 +12,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import uuid
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from functools import cache
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import jsonschema_rs
 
+from .model import _PAYLOAD_TYPES, FETCHED, Event, EventError, Fetched, Rendition, now_iso
 from .settings import REPO_ROOT
 
 SCHEMA_DIR = REPO_ROOT / "schemas"
 
-REQUESTED = "thumbnail.requested"
-FETCHED = "thumbnail.fetched"
-COMPLETED = "thumbnail.completed"
-FAILED = "thumbnail.failed"
-RETRY = "thumbnail.requested.retry"  # requested events waiting for another attempt
-EVENT_TYPES = (REQUESTED, FETCHED, COMPLETED, FAILED)
 EVENT_HEADER = "thumbs-event"  # carries the event's JSON when the record value is an image
-FORMATS = ("jpeg", "png", "webp")
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-
-
-class EventError(ValueError):
-    """Bytes that are not a valid event of a known type and version (they go to the dead-letter topic)."""
-
-
-@dataclass(frozen=True)
-class Rendition:
-    """What to render: fit within width x height keeping the aspect ratio, encoded as `format`."""
-
-    width: int = 100
-    height: int = 100
-    format: str = "jpeg"
-    quality: int = 85
-
-    def key(self, renderer_version: int) -> str:
-        """Dedupe key of a rendition: every input that changes the output bytes, renderer version included."""
-        return f"{self.width}x{self.height}.{self.format}.q{self.quality}.r{renderer_version}"
-
-    @property
-    def content_type(self) -> str:
-        return CONTENT_TYPES[self.format]
-
-
-@dataclass(frozen=True)
-class Requested:
-    source_url: str
-    rendition: Rendition = field(default_factory=Rendition)
-
-
-@dataclass(frozen=True)
-class Fetched:
-    source_url: str
-    source_sha256: str
-    media_type: str
-    image: bytes = field(repr=False)
-    rendition: Rendition = field(default_factory=Rendition)
-
-
-@dataclass(frozen=True)
-class Completed:
-    source_sha256: str
-    rendition: Rendition
-    renderer_version: int
-    content_type: str
-    width: int
-    height: int
-    size_bytes: int
-    deduplicated: bool
-
-
-@dataclass(frozen=True)
-class Failed:
-    stage: str
-    code: str
-    message: str
-    attempts: int = 1
-
-
-Payload = Union[Requested, Fetched, Completed, Failed]
-_PAYLOAD_TYPES: dict[str, type] = {REQUESTED: Requested, FETCHED: Fetched, COMPLETED: Completed, FAILED: Failed}
-_TYPE_OF = {cls: name for name, cls in _PAYLOAD_TYPES.items()}
-WRITTEN_VERSIONS = {REQUESTED: 1, FETCHED: 2, COMPLETED: 1, FAILED: 1}
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Event:
-    """The envelope around every payload. `correlation_id` ties a task's events to the request that began it."""
-
-    task_id: str
-    payload: Payload
-    producer: str
-    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    occurred_at: str = field(default_factory=now_iso)
-    correlation_id: str = ""
-
-    @property
-    def type(self) -> str:
-        return _TYPE_OF[type(self.payload)]
-
-    @property
-    def version(self) -> int:
-        """The version this code writes (it reads older ones too)."""
-        return WRITTEN_VERSIONS[self.type]
-
-    @property
-    def key(self) -> bytes:
-        """Kafka key: content hash for fetched (equal images share a resizer partition), task id otherwise."""
-        if isinstance(self.payload, Fetched):
-            return self.payload.source_sha256.encode()
-        return self.task_id.encode()
-
-    @property
-    def occurred_at_micros(self) -> int:
-        moment = datetime.fromisoformat(self.occurred_at.replace("Z", "+00:00"))
-        return int(moment.timestamp() * 1_000_000)
-
-    def follow(self, payload: Payload, producer: str) -> "Event":
-        """The next event of the same task."""
-        return Event(
-            task_id=self.task_id,
-            payload=payload,
-            producer=producer,
-            correlation_id=self.correlation_id or self.event_id,
-        )
-
-    def with_payload(self, payload: Payload) -> "Event":
-        return replace(self, payload=payload)
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """An event a stage core wants produced; `topic` overrides the event type's own topic (retries)."""
-
-    event: Event
-    topic: str | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def encode_dead_letter(

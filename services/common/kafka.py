@@ -11,7 +11,8 @@ from typing import Any, Sequence
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from .events import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, Event, encode
+from .events import encode
+from .model import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, Event
 from .settings import Settings
 
 log = logging.getLogger(__name__)

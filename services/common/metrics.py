@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-from .events import RETRY, Completed, Failed, Outgoing
+from .model import RETRY, Completed, Failed, Outgoing
 
 EVENTS_IN = Counter("thumbs_events_in_total", "Records consumed, by stage and topic.", ["stage", "topic"])
 EVENTS_OUT = Counter("thumbs_events_out_total", "Events produced, by stage and event type.", ["stage", "type"])

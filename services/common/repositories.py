@@ -2,58 +2,14 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
 
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
 from .cassandra import execute
-from .status import Status, write_timestamp
-
-
-@dataclass(frozen=True)
-class TaskUpdate:
-    """One stage's contribution to a task row; `columns` are written with the status' timestamp."""
-
-    task_id: str
-    status: Status
-    occurred_at_micros: int
-    columns: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def timestamp(self) -> int:
-        return write_timestamp(self.status, self.occurred_at_micros)
-
-
-@dataclass(frozen=True)
-class TaskView:
-    task_id: str
-    status: Status
-    source_url: str | None
-    source_sha256: str | None
-    rendition_key: str | None
-    content_type: str | None
-    width: int | None
-    height: int | None
-    error_code: str | None
-    error_message: str | None
-
-
-@dataclass(frozen=True)
-class StoredThumbnail:
-    content_type: str
-    width: int
-    height: int
-    size_bytes: int
-    data: bytes = b""
-
-
-TASK_COLUMNS = (
-    "source_url", "rendition", "source_sha256", "rendition_key", "content_type", "width", "height",
-    "size_bytes", "deduplicated", "error_code", "error_message", "created_at", "fetched_at", "completed_at",
-)
+from .model import TASK_COLUMNS, StoredThumbnail, TaskUpdate, TaskView
+from .status import Status
 
 
 class TaskRepository:

@@ -26,8 +26,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from . import metrics
 from .backoff import backoff_seconds
-from .events import EventError, Event, Outgoing, decode, encode_dead_letter
+from .events import decode, encode_dead_letter
 from .kafka import DLQ, MAX_MESSAGE_BYTES, PublishError, client_config, headers_of
+from .model import Event, EventError, Outgoing
 from .settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
 from services.common.backoff import backoff_seconds
-from services.common.dedupe import Thumbnails, existing
+from services.common.dedupe import existing
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
-from services.common.events import RETRY, Event, EventError, Failed, Fetched, Outgoing, Requested
 from services.common.media import sniff
+from services.common.model import RETRY, Event, EventError, Failed, Fetched, Outgoing, Requested
+from services.common.ports import Thumbnails
 from services.common.urls import has_web_scheme
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from typing import Mapping
 
 from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect
-from services.common.events import REQUESTED, Event, Outgoing
 from services.common.kafka import RETRY, KafkaPublisher
+from services.common.model import REQUESTED, Event, Outgoing
 from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings
 

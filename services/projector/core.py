@@ -5,8 +5,7 @@ import json
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from services.common.events import Completed, Event, Failed, Fetched, Requested
-from services.common.repositories import TaskUpdate
+from services.common.model import Completed, Event, Failed, Fetched, Requested, TaskUpdate
 from services.common.status import Status
 
 

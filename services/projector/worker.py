@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-
 from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect
-from services.common.events import COMPLETED, FAILED, FETCHED, REQUESTED, Event, Outgoing
 from services.common.kafka import KafkaPublisher
+from services.common.model import COMPLETED, FAILED, FETCHED, REQUESTED, Event, Outgoing
 from services.common.repositories import TaskRepository
 from services.common.settings import Settings
 

@@ -6,8 +6,8 @@ import asyncio
 import sys
 from typing import Any
 
-from services.common.events import now_iso
 from services.common.kafka import DLQ, PIPELINE_TOPICS
+from services.common.model import now_iso
 from services.common.settings import Settings
 
 from .core import (

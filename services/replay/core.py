@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
-from services.common.events import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, EventError, decode
+from services.common.events import decode
+from services.common.model import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, EventError
 
 Headers = tuple[tuple[str, bytes], ...]
 REPLAY_HEADER = "thumbs-replay"

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Mapping
 
-from services.common.dedupe import Thumbnails, completed, existing
+from services.common.dedupe import completed, existing
 from services.common.errors import ThumbsError
-from services.common.events import Event, EventError, Failed, Fetched, Outgoing, Rendition
-from services.common.repositories import StoredThumbnail
+from services.common.model import Event, EventError, Failed, Fetched, Outgoing, Rendition, StoredThumbnail
+from services.common.ports import Thumbnails
 
 STAGE = "resizer"
 Render = Callable[[bytes, Rendition], Awaitable[StoredThumbnail]]

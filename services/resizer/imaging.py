@@ -17,8 +17,8 @@ from io import BytesIO
 from PIL import Image, ImageCms
 
 from services.common.errors import ErrorCode, PermanentError
-from services.common.events import Rendition
 from services.common.media import sniff
+from services.common.model import Rendition
 
 from .limits import check_frames, check_gif_frames, check_pixels
 

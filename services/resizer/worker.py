@@ -7,18 +7,18 @@ import multiprocessing
 import os
 import signal
 import sys
-from contextlib import asynccontextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import AsyncIterator, Mapping
 
 from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.errors import ErrorCode, PermanentError
-from services.common.events import FETCHED, Event, Outgoing, Rendition
 from services.common.kafka import KafkaPublisher
-from services.common.repositories import StoredThumbnail, ThumbnailRepository
+from services.common.model import FETCHED, Event, Outgoing, Rendition, StoredThumbnail
+from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings
 
 from .core import STAGE, handle_fetched

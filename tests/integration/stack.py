@@ -19,8 +19,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from services.common.cassandra import connect, migrate
+from services.common.events import decode
 from services.common.kafka import client_config, ensure_topics
-from services.common.events import COMPLETED, Event, decode
+from services.common.model import COMPLETED, Event
 from services.common.settings import PREFIX, Settings
 from services.supervisor import Instance
 

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from services.common.events import Completed
 from services.common.kafka import client_config
+from services.common.model import Completed
 from services.common.settings import Settings
 from services.devservers.commands import environment
 from services.devservers.lifecycle import all_servers, ensure_running, start_servers, stop_servers

@@ -8,7 +8,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from services.common.events import Completed
+from services.common.model import Completed
 
 from .stack import ImageServer, Stack, completed_events, poll_terminal, running_stack
 from .test_pipeline import photo

@@ -6,8 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from services.api.app import create_app
-from services.common.events import Completed, Event, Failed, Fetched, Rendition
-from services.common.repositories import StoredThumbnail
+from services.common.model import Completed, Event, Failed, Fetched, Rendition, StoredThumbnail
 from services.common.settings import Settings
 from services.projector.core import project
 from tests.fakes import FakePublisher, FakeTasks, FakeThumbnails

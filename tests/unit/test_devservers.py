@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from services.common.settings import Settings
-from services.devservers import maven
-from services.devservers import commands
+from services.devservers import commands, maven
 from services.devservers.cassandra import Cassandra, cassandra_yaml, ring_token
 from services.devservers.kafka import MAX_MESSAGE_BYTES, Kafka, cluster_id, server_properties
 from services.devservers.lifecycle import all_servers

@@ -6,10 +6,8 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
-from services.common.events import (
-    EVENT_HEADER, SCHEMA_DIR, Completed, Event, EventError, Failed, Fetched, Rendition, Requested, decode, encode,
-    encode_dead_letter, schema_examples,
-)
+from services.common.events import EVENT_HEADER, SCHEMA_DIR, decode, encode, encode_dead_letter, schema_examples
+from services.common.model import Completed, Event, EventError, Failed, Fetched, Rendition, Requested
 
 TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"
 SHA = "ef" * 32

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageChops, ImageFile, ImageOps, ImageStat
 
 from services.common.errors import ErrorCode, PermanentError
-from services.common.events import Rendition
+from services.common.model import Rendition
 from services.resizer.imaging import Thumbnail, make_thumbnail
 from tests.unit.samples import (
     cmyk_profile,

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from services.cli import build_parser
-from services.common.events import Event, Requested, encode, encode_dead_letter
+from services.common.events import encode, encode_dead_letter
+from services.common.model import Event, Requested
 from services.replay.core import (
     REDRIVE_HEADER,
     REPLAY_HEADER,

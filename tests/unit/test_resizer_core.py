@@ -1,8 +1,7 @@
 import pytest
 
 from services.common.errors import ErrorCode, PermanentError
-from services.common.events import Completed, Event, EventError, Failed, Fetched, Rendition, Requested
-from services.common.repositories import StoredThumbnail
+from services.common.model import Completed, Event, EventError, Failed, Fetched, Rendition, Requested, StoredThumbnail
 from services.resizer.core import handle_fetched
 from tests.fakes import FakeThumbnails
 

@@ -9,8 +9,9 @@ from typing import Mapping
 import pytest
 
 from services.common import stage
-from services.common.events import COMPLETED, REQUESTED, Completed, Event, Outgoing, Rendition, Requested, encode
+from services.common.events import encode
 from services.common.kafka import DLQ, PublishError
+from services.common.model import COMPLETED, REQUESTED, Completed, Event, Outgoing, Rendition, Requested
 from services.common.settings import Settings
 from tests.fakes import FakeConsumer, FakeMessage, FakePublisher
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from services.common.events import Completed, Event, Failed, Fetched, Rendition, Requested
+from services.common.model import Completed, Event, Failed, Fetched, Rendition, Requested
 from services.common.status import Status, write_timestamp
 from services.projector.core import project
 from tests.fakes import FakeTasks
