@@ -1,22 +1,42 @@
-"""Cassandra edge: connecting, the idempotent schema migration, and awaiting driver futures."""
+"""Cassandra edge: the production client, versioned schema migrations, and awaiting driver futures."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
+import ssl
+import time
+import uuid
 from collections import namedtuple
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 from cassandra import ConsistencyLevel, DriverException, RequestExecutionException
-from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, NoHostAvailable, ResponseFuture, Session
-from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.query import named_tuple_factory
 
 from .settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
 
 # Cassandra unreachable, overloaded or timing out: a stage waits these out and retries the record.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (NoHostAvailable, RequestExecutionException, DriverException, ConnectionError)
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS tasks (
+
+class Migration(NamedTuple):
+    version: int
+    description: str
+    statements: tuple[str, ...]  # CQL with a {keyspace} placeholder; each must be safe to run twice
+
+
+# Append only: never edit or reorder an applied migration. The next one is version len(MIGRATIONS) + 1.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "tasks and thumbnails tables", (
+        """CREATE TABLE IF NOT EXISTS {keyspace}.tasks (
         task_id uuid PRIMARY KEY,
         status text,
         source_url text,
@@ -34,8 +54,8 @@ SCHEMA = (
         fetched_at timestamp,
         completed_at timestamp,
         updated_at timestamp)""",
-    # One row per distinct (content, rendition): the primary key itself makes duplicates impossible.
-    """CREATE TABLE IF NOT EXISTS thumbnails (
+        # One row per distinct (content, rendition): the primary key itself makes duplicates impossible.
+        """CREATE TABLE IF NOT EXISTS {keyspace}.thumbnails (
         source_sha256 text,
         rendition_key text,
         data blob,
@@ -44,7 +64,31 @@ SCHEMA = (
         height int,
         created_at timestamp,
         PRIMARY KEY ((source_sha256, rendition_key)))""",
+    )),
+    # At RF 3, a LOCAL_QUORUM read that picked a just-killed replica otherwise stalls 2.5-5 s, until
+    # gossip convicts the node; a second replica is asked once the first is 50 ms late.
+    Migration(2, "speculative retry after 50 ms", (
+        "ALTER TABLE {keyspace}.tasks WITH speculative_retry = '50ms'",
+        "ALTER TABLE {keyspace}.thumbnails WITH speculative_retry = '50ms'",
+    )),
 )
+
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (
+    version int PRIMARY KEY,
+    description text,
+    state text,
+    applied_at timestamp,
+    owner text)"""
+
+SCHEMA_PROFILE = "thumbs-schema"  # DDL and the migration claims: long timeout, LWT-aware rows
+CLAIM_WAIT_SECONDS = 60.0  # how long a process waits for another one's migration before giving up
+STALE_CLAIM_SECONDS = 120.0  # a claim still 'applying' this long lost its owner; another process takes over
+POLL_SECONDS = 0.5
+APPLYING, APPLIED = "applying", "applied"
+
+
+class MigrationError(RuntimeError):
+    """The migration list is malformed, or another process' claim neither finished nor went stale in time."""
 
 
 @lru_cache(maxsize=64)
@@ -58,23 +102,56 @@ def cached_named_tuple_factory(columns: list[str], rows: list[tuple[Any, ...]]) 
     return [row_type._make(row) for row in rows]
 
 
-def connect(settings: Settings, *, keyspace: str | None = None, timeout: float = 10.0) -> Session:
-    profile = ExecutionProfile(
-        load_balancing_policy=RoundRobinPolicy(),
-        consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
-        request_timeout=timeout,
-        row_factory=cached_named_tuple_factory,
+def load_balancing(settings: Settings) -> TokenAwarePolicy:
+    """Replicas of the partition first, in the local datacenter only (empty setting: the contact points' DC)."""
+    return TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc or None))
+
+
+def ssl_context(ca_location: str) -> ssl.SSLContext:
+    """TLS that accepts only nodes whose certificate the CA signed, for the address it was reached at."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name by default
+    context.load_verify_locations(ca_location)
+    context.check_hostname = True
+    return context
+
+
+def cluster_options(settings: Settings, timeout: float = 10.0) -> dict[str, Any]:
+    """Keyword arguments of `Cluster` for these settings; builds no connection."""
+    consistency = ConsistencyLevel.name_to_value[settings.cassandra_consistency]
+    # One policy instance per profile: the driver populates each profile's policy with the hosts.
+    default = ExecutionProfile(
+        load_balancing_policy=load_balancing(settings), consistency_level=consistency,
+        request_timeout=timeout, row_factory=cached_named_tuple_factory,
     )
-    cluster = Cluster(
-        list(settings.cassandra_hosts),
-        port=settings.cassandra_port,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-        connect_timeout=timeout,
-        protocol_version=5,
+    options: dict[str, Any] = {
+        "contact_points": list(settings.cassandra_hosts),
+        "port": settings.cassandra_port,
+        "execution_profiles": {EXEC_PROFILE_DEFAULT: default, SCHEMA_PROFILE: schema_profile(settings)},
+        "connect_timeout": timeout,
+        "protocol_version": 5,
         # The driver's default backs off to 10 minutes; a restarted node should be used within seconds.
-        reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
+        "reconnection_policy": ExponentialReconnectionPolicy(0.5, 5.0),
+    }
+    if settings.cassandra_username:
+        options["auth_provider"] = PlainTextAuthProvider(settings.cassandra_username, settings.cassandra_password)
+    if settings.cassandra_ssl_ca_location:
+        options["ssl_context"] = ssl_context(settings.cassandra_ssl_ca_location)
+    return options
+
+
+def schema_profile(settings: Settings) -> ExecutionProfile:
+    """DDL waits for schema agreement, so it gets a long timeout; the driver's row factory reads LWT results."""
+    return ExecutionProfile(
+        load_balancing_policy=load_balancing(settings),
+        consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
+        serial_consistency_level=ConsistencyLevel.SERIAL,  # claims are linearizable across every datacenter
+        request_timeout=60.0,
+        row_factory=named_tuple_factory,
     )
-    return cluster.connect(keyspace)
+
+
+def connect(settings: Settings, *, keyspace: str | None = None, timeout: float = 10.0) -> Session:
+    return Cluster(**cluster_options(settings, timeout)).connect(keyspace)
 
 
 def replication_cql(spec: str) -> str:
@@ -90,23 +167,159 @@ def replication_cql(spec: str) -> str:
     raise SettingsError(f"THUMBS_CASSANDRA_REPLICATION={spec!r}: use SimpleStrategy:<rf> or NetworkTopologyStrategy:<dc>=<rf>,...")
 
 
-def migrate(settings: Settings, session: Session | None = None) -> None:
-    """Creates or updates the keyspace and tables; safe to run at every start-up."""
+def validate(migrations: Sequence[Migration]) -> None:
+    """Versions 1, 2, 3, … in order, each described, each statement in the keyspace and re-runnable."""
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise MigrationError(f"migration {migration.version} is out of order: expected version {expected}")
+        if not migration.description.strip() or not migration.statements:
+            raise MigrationError(f"migration {migration.version} needs a description and at least one statement")
+        for statement in migration.statements:
+            if "{keyspace}." not in statement:
+                raise MigrationError(f"migration {migration.version}: write {{keyspace}}.<table>: {statement[:60]}")
+            if statement.lstrip().upper().startswith("CREATE") and "IF NOT EXISTS" not in statement.upper():
+                raise MigrationError(f"migration {migration.version}: CREATE without IF NOT EXISTS is not re-runnable")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A version's row in schema_migrations: who holds it, and since when (µs, the claim's write time)."""
+
+    state: str
+    owner: str
+    since_micros: int
+
+
+Step = Literal["done", "claim", "take over", "wait"]
+
+
+def next_step(claim: Claim | None, now_micros: int, stale_after: float = STALE_CLAIM_SECONDS) -> Step:
+    """What a process does about a version, given its row: nothing, claim it, take a dead owner's claim, or wait."""
+    if claim is None:
+        return "claim"
+    if claim.state == APPLIED:
+        return "done"
+    if now_micros - claim.since_micros > stale_after * 1_000_000:
+        return "take over"
+    return "wait"
+
+
+def migrate(settings: Settings, session: Session | None = None) -> list[int]:
+    """Creates or updates the keyspace and applies each pending migration once; returns the versions it applied.
+
+    Safe when many processes run it at once: a version is claimed with a lightweight transaction, and the
+    others wait until its claimer marks it applied.
+    """
     if not settings.keyspace.isidentifier():
         raise SettingsError(f"THUMBS_KEYSPACE={settings.keyspace!r} is not a valid identifier")
+    validate(MIGRATIONS)
     own = session is None
     session = session or connect(settings)
     try:
-        session.execute(
-            f"CREATE KEYSPACE IF NOT EXISTS {settings.keyspace} WITH replication = "
-            f"{replication_cql(settings.cassandra_replication)}"
-        )
-        session.execute(f"ALTER KEYSPACE {settings.keyspace} WITH replication = {replication_cql(settings.cassandra_replication)}")
-        for statement in SCHEMA:
-            session.execute(statement.replace("TABLE IF NOT EXISTS ", f"TABLE IF NOT EXISTS {settings.keyspace}."))
+        _ensure_schema_profile(session, settings)
+        keyspace, replication = settings.keyspace, replication_cql(settings.cassandra_replication)
+        _ddl(session, f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}")
+        _ddl(session, f"ALTER KEYSPACE {keyspace} WITH replication = {replication}")  # a changed setting takes effect
+        _ddl(session, MIGRATIONS_TABLE.format(keyspace=keyspace))
+        ledger = _Ledger(session, keyspace, _owner_id())
+        applied = [m.version for m in MIGRATIONS if ledger.apply(m)]
+        log.info("keyspace %s at schema version %d; applied now: %s", keyspace, len(MIGRATIONS), applied or "none")
+        return applied
     finally:
         if own:
             session.cluster.shutdown()
+
+
+def _owner_id() -> str:
+    # Unique per call, so threads of one process do not mistake each other's claims for their own.
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _ensure_schema_profile(session: Session, settings: Settings) -> None:
+    """A session handed in may come from a Cluster built elsewhere, without our schema profile."""
+    if SCHEMA_PROFILE not in session.cluster.profile_manager.profiles:
+        session.cluster.add_execution_profile(SCHEMA_PROFILE, schema_profile(settings))
+
+
+def _ddl(session: Session, statement: str) -> None:
+    result = session.execute(statement, execution_profile=SCHEMA_PROFILE)
+    if not result.response_future.is_schema_agreed:
+        log.warning("schema not yet agreed by every live node after: %s", " ".join(statement.split())[:80])
+
+
+class _Ledger:
+    """schema_migrations rows, read and written with lightweight transactions (SERIAL consistency)."""
+
+    def __init__(self, session: Session, keyspace: str, owner: str) -> None:
+        self._session, self._keyspace, self._owner = session, keyspace, owner
+        table = f"{keyspace}.schema_migrations"
+        self._read = session.prepare(
+            f"SELECT state, owner, WRITETIME(owner) AS since FROM {table} WHERE version = ?")
+        self._read.consistency_level = ConsistencyLevel.SERIAL  # sees every committed claim
+        self._claim = session.prepare(
+            f"INSERT INTO {table} (version, description, state, owner) VALUES (?, ?, '{APPLYING}', ?) IF NOT EXISTS")
+        self._take_over = session.prepare(
+            f"UPDATE {table} SET owner = ?, description = ? WHERE version = ? IF owner = ? AND state = '{APPLYING}'")
+        self._finish = session.prepare(
+            f"UPDATE {table} SET state = '{APPLIED}', applied_at = toTimestamp(now()) WHERE version = ? IF owner = ?")
+        self._unclaim = session.prepare(f"DELETE FROM {table} WHERE version = ? IF owner = ? AND state = '{APPLYING}'")
+
+    def apply(self, migration: Migration) -> bool:
+        """Brings one version to 'applied'; True when this call ran its statements and recorded it."""
+        version, deadline = migration.version, time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            claim = self._claim_of(version)
+            step = next_step(claim, time.time_ns() // 1000, STALE_CLAIM_SECONDS)
+            if step == "done":
+                return False
+            if step == "claim" and self._lwt(self._claim, [version, migration.description, self._owner]):
+                if self._run(migration):
+                    return True
+            elif step == "take over" and claim and self._take_over_from(claim.owner, migration):
+                if self._run(migration):
+                    return True
+            elif step == "wait":
+                if time.monotonic() > deadline:
+                    raise MigrationError(
+                        f"migration {version} still being applied by {claim.owner if claim else '?'} after "
+                        f"{CLAIM_WAIT_SECONDS:.0f} s; its claim is taken over once {STALE_CLAIM_SECONDS:.0f} s old")
+                time.sleep(POLL_SECONDS)
+            # Otherwise another process holds the version now (a lost claim, or we were taken over): read it again.
+
+    def _take_over_from(self, dead_owner: str, migration: Migration) -> bool:
+        params = [self._owner, migration.description, migration.version, dead_owner]
+        if not self._lwt(self._take_over, params):
+            return False
+        log.warning("migration %d: took over the stale claim of %s", migration.version, dead_owner)
+        return True
+
+    def _run(self, migration: Migration) -> bool:
+        """Runs a claimed version's statements; False when another process took the claim over meanwhile."""
+        try:
+            for statement in migration.statements:
+                _ddl(self._session, statement.format(keyspace=self._keyspace))
+        except BaseException:
+            self._release(migration.version)
+            raise
+        if self._lwt(self._finish, [migration.version, self._owner]):
+            log.info("migration %d applied: %s", migration.version, migration.description)
+            return True
+        return False
+
+    def _release(self, version: int) -> None:
+        """A failed statement frees the claim at once, so the next process retries instead of waiting it out."""
+        try:
+            self._lwt(self._unclaim, [version, self._owner])
+        except Exception:  # noqa: BLE001 - the claim then goes stale and is taken over; the first error matters
+            log.warning("migration %d: could not release the claim of %s", version, self._owner)
+
+    def _claim_of(self, version: int) -> Claim | None:
+        rows = self._session.execute(self._read, [version], execution_profile=SCHEMA_PROFILE)
+        row = rows.one()
+        return None if row is None else Claim(row.state, row.owner, row.since or 0)
+
+    def _lwt(self, statement: Any, params: list[Any]) -> bool:
+        return bool(self._session.execute(statement, params, execution_profile=SCHEMA_PROFILE).was_applied)
 
 
 async def execute(session: Session, statement: Any, params: Sequence[Any] = ()) -> list[Any]:
