@@ -19,9 +19,9 @@ import httpx
 from bench.loadgen import Completions
 from bench.procstat import Sampler, descendants, listening_pid
 from services.common.cassandra import migrate
-from services.common.kafka import ensure_topics
 from services.common.model import COMPLETED, FAILED
 from services.common.settings import Settings
+from services.common.topics import ensure_topics
 from services.devservers.lifecycle import ensure_running
 from tests.integration.stack import ImageServer, Stack, drop_environment, isolated_env, settings_of
 

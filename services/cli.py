@@ -31,12 +31,15 @@ def _stage(name: str) -> Callable[[Settings, argparse.Namespace], int]:
     return run
 
 
-def _topics(settings: Settings, _args: argparse.Namespace) -> int:
-    from services.common.kafka import ensure_topics
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    from services.common.topics import ensure_topics
 
-    for topic in ensure_topics(settings):
-        print(f"{topic.name}: {topic.partitions} partitions{' (created)' if topic.created else ''}")
-    return 0
+    report = ensure_topics(settings, apply=args.apply, dry_run=args.dry_run)
+    for topic in report.topics:
+        print(f"{topic.name}: {topic.summary()}")
+    if report.applicable:
+        print("thumbs topics: differences left as they are; `thumbs topics --apply` applies them", file=sys.stderr)
+    return 0 if report.in_sync else 1
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -86,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         parsers[name].set_defaults(handler=handler)
     parsers["run"].add_argument("--scale", default="", metavar="STAGE=N,...",
                                 help="instances per stage, e.g. fetcher=2,resizer=2 (they share one consumer group)")
+    topics_mode = parsers["topics"].add_mutually_exclusive_group()
+    topics_mode.add_argument("--dry-run", action="store_true", help="only report: create and change nothing")
+    topics_mode.add_argument("--apply", action="store_true",
+                             help="also change existing topics: set differing configs, grow partitions")
     replay.register(commands)
     servers.register(commands)
     return parser
@@ -94,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cassandra").setLevel(logging.WARNING)  # a line per host discovered is noise
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -1,26 +1,20 @@
-"""Kafka edge shared by every process: an awaitable confluent-kafka producer and topic administration."""
+"""Kafka edge shared by every process: client settings and an awaitable confluent-kafka producer."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from .events import encode
-from .model import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, Event
+from .model import Event
 from .settings import Settings
+from .topic_plan import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-DLQ = "thumbnail.dlq"
-PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, COMPLETED, FAILED, DLQ)
-# thumbnail.fetched records carry the source image (up to fetch_max_bytes) and its event header.
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -138,41 +132,4 @@ def _settle_all(settled: list[tuple[asyncio.Future[None], KafkaError | None]]) -
             future.set_exception(PublishError(err.str()))
 
 
-@dataclass(frozen=True)
-class TopicReport:
-    name: str
-    partitions: int
-    created: bool
-
-
-def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[TopicReport]:
-    """Creates missing pipeline topics and sets their configs; idempotent. Existing partition counts are kept."""
-    admin = AdminClient(client_config(settings))
-    configs = {"retention.ms": str(settings.topic_retention_ms), "max.message.bytes": str(MAX_MESSAGE_BYTES)}
-    names = [settings.topic(t) for t in PIPELINE_TOPICS]
-    existing = admin.list_topics(timeout=timeout).topics
-    missing = [NewTopic(n, settings.topic_partitions, 1, config=configs) for n in names if n not in existing]
-    for name, future in (admin.create_topics(missing, request_timeout=timeout).items() if missing else []):
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()]
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, n, incremental_configs=entries) for n in names]
-    for future in admin.incremental_alter_configs(resources).values():
-        future.result(timeout)
-    metadata = _until_listed(admin, names, timeout)
-    created = {t.topic for t in missing}
-    return [TopicReport(n, len(metadata[n].partitions), n in created) for n in names]
-
-
-def _until_listed(admin: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
-    """Created topics reach the metadata a moment after create_topics returns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        metadata = admin.list_topics(timeout=timeout).topics
-        if all(n in metadata and metadata[n].partitions for n in names) or time.monotonic() > deadline:
-            return metadata
-        time.sleep(0.1)
-
+# Desired state of the pipeline topics, compared with what the brokers have. Pure: no broker is asked here.

@@ -17,7 +17,9 @@ FETCHED = "thumbnail.fetched"
 COMPLETED = "thumbnail.completed"
 FAILED = "thumbnail.failed"
 RETRY = "thumbnail.requested.retry"  # requested events waiting for another attempt
+DLQ = "thumbnail.dlq"  # records no stage could handle, with the reason
 EVENT_TYPES = (REQUESTED, FETCHED, COMPLETED, FAILED)
+PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, COMPLETED, FAILED, DLQ)
 FORMATS = ("jpeg", "png", "webp")
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 

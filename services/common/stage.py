@@ -11,6 +11,7 @@ are handled concurrently as asyncio tasks, up to a limit per subscription.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import signal
@@ -27,8 +28,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from . import metrics
 from .backoff import backoff_seconds
 from .events import decode, encode_dead_letter
-from .kafka import DLQ, MAX_MESSAGE_BYTES, PublishError, client_config, headers_of
-from .model import Event, EventError, Outgoing
+from .kafka import MAX_MESSAGE_BYTES, PublishError, client_config, headers_of
+from .model import DLQ, Event, EventError, Outgoing
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -368,15 +369,27 @@ async def _first(*waits: Awaitable[object]) -> None:
         task.cancel()
 
 
-def run(subscriptions: list[Subscription], *, on_stop: Sequence[Callable[[], Awaitable[None]]] = ()) -> int:
+Close = Callable[[], Awaitable[None] | None]
+
+
+@dataclass
+class Built:
+    """What a stage's composition root made: its consumer-group members, and how to close what it opened,
+    in the order to close it (after the members have drained and left the group)."""
+
+    subscriptions: list[Subscription]
+    closers: list[Close] = field(default_factory=list)
+
+
+def run(built: Built) -> int:
     """Runs the stage in the foreground until SIGINT/SIGTERM, then finishes in-flight records and closes.
 
     Returns the process exit status: 0 after a requested stop, 1 when the edge failed (restart it).
     """
-    return uvloop.run(serve(subscriptions, on_stop=on_stop))
+    return uvloop.run(serve(built.subscriptions, on_stop=built.closers))
 
 
-async def serve(subscriptions: list[Subscription], *, on_stop: Sequence[Callable[[], Awaitable[None]]] = ()) -> int:
+async def serve(subscriptions: list[Subscription], *, on_stop: Sequence[Close] = ()) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -387,5 +400,7 @@ async def serve(subscriptions: list[Subscription], *, on_stop: Sequence[Callable
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         for close in on_stop:
-            await close()
+            done = close()
+            if inspect.isawaitable(done):
+                await done
     return 1 if any(s.failed for s in subscriptions) else 0

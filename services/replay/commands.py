@@ -6,8 +6,7 @@ import asyncio
 import sys
 from typing import Any
 
-from services.common.kafka import DLQ, PIPELINE_TOPICS
-from services.common.model import now_iso
+from services.common.model import DLQ, PIPELINE_TOPICS, now_iso
 from services.common.settings import Settings
 
 from .core import (

@@ -6,14 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from confluent_kafka import (
-    Consumer,
-    ConsumerGroupState,
-    ConsumerGroupTopicPartitions,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from services.common.kafka import KafkaPublisher, client_config, headers_of
@@ -179,5 +172,6 @@ def refuse_if_live(admin: AdminClient, group: str) -> None:
     if members or state not in (ConsumerGroupState.EMPTY.name, ConsumerGroupState.DEAD.name):
         raise ReplayError(
             f"consumer group {group} is {state} with {members} live member(s): stop every process of that "
-            "stage first (offsets can only be moved while the group is empty), then run the rewind again"
+            "stage first (offsets can only be moved while the group is empty; a member stopped less than a session "
+            "timeout, 10 s, ago still counts), then run the rewind again"
         )

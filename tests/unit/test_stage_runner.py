@@ -10,8 +10,8 @@ import pytest
 
 from services.common import stage
 from services.common.events import encode
-from services.common.kafka import DLQ, PublishError
-from services.common.model import COMPLETED, REQUESTED, Completed, Event, Outgoing, Rendition, Requested
+from services.common.kafka import PublishError
+from services.common.model import COMPLETED, DLQ, REQUESTED, Completed, Event, Outgoing, Rendition, Requested
 from services.common.settings import Settings
 from tests.fakes import FakeConsumer, FakeMessage, FakePublisher
 
