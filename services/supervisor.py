@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,14 +43,15 @@ class Instance:
     def name(self) -> str:
         return self.stage if self.number == 1 else f"{self.stage}-{self.number}"
 
-    def environment(self, settings: Settings) -> dict[str, str]:
-        """What differs between instances of one stage: the metrics port (they share the consumer group)."""
+    def environment(self, settings: Settings, *, member_id: str = "") -> dict[str, str]:
+        """What differs between instances of one stage: the metrics port and, given one, the static member id
+        (they share the consumer group)."""
         if self.stage not in SCALABLE:
             return {}
         field = f"{self.stage}_metrics_port"
         base = getattr(settings, field)
         port = base + METRICS_PORT_STEP * (self.number - 1) if base else 0
-        return {PREFIX + field.upper(): str(port)}
+        return {PREFIX + field.upper(): str(port), **({PREFIX + "INSTANCE": member_id} if member_id else {})}
 
 
 def instances(scale: dict[str, int]) -> list[Instance]:
@@ -57,15 +59,25 @@ def instances(scale: dict[str, int]) -> list[Instance]:
 
 
 def spawn(instance: Instance, settings: Settings) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **instance.environment(settings)}
+    # Static membership: a stage restarted here (or a broker that comes back) resumes its partitions at
+    # once instead of waiting out the old member's session. Host + name is unique: two `thumbs run` on one
+    # host with the same settings would already clash on the API port.
+    member_id = f"{socket.gethostname()}-{instance.name}"
+    env = {**os.environ, **instance.environment(settings, member_id=member_id)}
     return subprocess.Popen([sys.executable, "-m", "services.cli", instance.stage], env=env)
 
 
 def run_all(settings: Settings, scale: dict[str, int] | None = None) -> int:
     from services.common.cassandra import migrate
-    from services.common.kafka import ensure_topics
+    from services.common.topics import ensure_topics
 
-    ensure_topics(settings)
+    # Changing live topics is an operator's decision (`thumbs topics --apply`): only warn here.
+    topics = ensure_topics(settings)
+    for topic in topics.topics:
+        if not topic.in_sync:
+            print(f"thumbs: warning: topic {topic.name}: {topic.summary()}", file=sys.stderr)
+    if topics.applicable:
+        print("thumbs: warning: `thumbs topics --apply` applies the topic differences", file=sys.stderr)
     migrate(settings)
     children = {instance: spawn(instance, settings) for instance in instances(scale or {})}
     print(f"thumbs: API on http://{settings.api_host}:{settings.api_port} (docs at /docs); "

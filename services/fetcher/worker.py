@@ -9,28 +9,39 @@ from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.kafka import RETRY, KafkaPublisher
 from services.common.model import REQUESTED, Event, Outgoing
+from services.common.ports import Thumbnails
 from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings
 
-from .core import NOT_BEFORE_HEADER, STAGE, RetryPolicy, handle_requested
+from .core import NOT_BEFORE_HEADER, STAGE, RetryPolicy, Source, handle_requested
 from .download import Downloader
 
 MAX_RETRY_WAIT_S = 600.0  # a corrupt not-before header must not park a partition for longer
 
 
-def build_fetcher(settings: Settings, *, publisher: KafkaPublisher | None = None) -> tuple[list[stage.Subscription], Downloader]:
-    publisher = publisher or KafkaPublisher(settings)
-    downloader = Downloader(settings)
-    thumbnails = ThumbnailRepository(connect(settings), settings.keyspace)
+def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = None, source: Source | None = None,
+                  thumbnails: Thumbnails | None = None) -> stage.Built:
+    """The fetcher with real adapters for every port not given; it closes only what it opened."""
+    closers: list[stage.Close] = []
+    if source is None:
+        source = downloader = Downloader(settings)
+        closers.append(downloader.close)
+    if publisher is None:
+        publisher = kafka = KafkaPublisher(settings)
+        closers.append(kafka.close)
+    if thumbnails is None:
+        session = connect(settings)
+        thumbnails = ThumbnailRepository(session, settings.keyspace)
+        closers.append(session.cluster.shutdown)
     version = settings.renderer_version
     policy = RetryPolicy(settings.fetch_max_attempts, settings.fetch_retry_base_seconds)
 
     async def fresh(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
-        return await handle_requested(event, headers, downloader, policy, thumbnails, version)
+        return await handle_requested(event, headers, source, policy, thumbnails, version)
 
     async def retried(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
         await asyncio.sleep(_wait_seconds(headers))
-        return await handle_requested(event, headers, downloader, policy, thumbnails, version)
+        return await handle_requested(event, headers, source, policy, thumbnails, version)
 
     # Retries wait out their delay in a slot of their own member, so they never hold up fresh requests.
     concurrency = settings.fetch_concurrency
@@ -40,7 +51,7 @@ def build_fetcher(settings: Settings, *, publisher: KafkaPublisher | None = None
         stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, retried, transient=TRANSIENT_ERRORS),
                            [settings.topic(RETRY)], concurrency=concurrency),
     ]
-    return subscriptions, downloader
+    return stage.Built(subscriptions, closers)
 
 
 def _wait_seconds(headers: Mapping[str, bytes]) -> float:
@@ -53,5 +64,4 @@ def _wait_seconds(headers: Mapping[str, bytes]) -> float:
 
 def main(settings: Settings) -> int:
     metrics.serve(settings.metrics_host, settings.fetcher_metrics_port)
-    subscriptions, downloader = build_fetcher(settings)
-    return stage.run(subscriptions, on_stop=[downloader.close])
+    return stage.run(build_fetcher(settings))

@@ -7,6 +7,7 @@ from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.kafka import KafkaPublisher
 from services.common.model import COMPLETED, FAILED, FETCHED, REQUESTED, Event, Outgoing
+from services.common.ports import Tasks
 from services.common.repositories import TaskRepository
 from services.common.settings import Settings
 
@@ -15,19 +16,26 @@ from .core import project
 STAGE = "projector"
 
 
-def build_projector(settings: Settings, *, publisher: KafkaPublisher | None = None) -> stage.Subscription:
-    tasks = TaskRepository(connect(settings), settings.keyspace, settings.task_ttl_seconds)
+def build_projector(settings: Settings, *, publisher: stage.Publisher | None = None, tasks: Tasks | None = None) -> stage.Built:
+    """The projector with real adapters for every port not given; it closes only what it opened."""
+    closers: list[stage.Close] = []
+    if publisher is None:  # it only carries dead letters here
+        publisher = kafka = KafkaPublisher(settings)
+        closers.append(kafka.close)
+    if tasks is None:
+        session = connect(settings)
+        tasks = TaskRepository(session, settings.keyspace, settings.task_ttl_seconds)
+        closers.append(session.cluster.shutdown)
 
     async def handle(event: Event, _headers: Mapping[str, bytes]) -> list[Outgoing]:
         await tasks.apply(project(event))
         return []
 
-    # The publisher only carries dead letters here.
-    runner = stage.StageRunner(STAGE, settings, publisher or KafkaPublisher(settings), handle, transient=TRANSIENT_ERRORS)
+    runner = stage.StageRunner(STAGE, settings, publisher, handle, transient=TRANSIENT_ERRORS)
     topics = [settings.topic(t) for t in (REQUESTED, FETCHED, COMPLETED, FAILED)]
-    return stage.Subscription(settings, runner, topics, concurrency=16)
+    return stage.Built([stage.Subscription(settings, runner, topics, concurrency=16)], closers)
 
 
 def main(settings: Settings) -> int:
     metrics.serve(settings.metrics_host, settings.projector_metrics_port)
-    return stage.run([build_projector(settings)])
+    return stage.run(build_projector(settings))

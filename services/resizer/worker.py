@@ -18,10 +18,11 @@ from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.errors import ErrorCode, PermanentError
 from services.common.kafka import KafkaPublisher
 from services.common.model import FETCHED, Event, Outgoing, Rendition, StoredThumbnail
+from services.common.ports import Thumbnails
 from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings
 
-from .core import STAGE, handle_fetched
+from .core import STAGE, Render, handle_fetched
 from .imaging import make_thumbnail
 
 
@@ -37,11 +38,15 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def pool_size(settings: Settings) -> int:
+    return settings.resizer_workers or len(os.sched_getaffinity(0))
+
+
 class ProcessRenderer:
     """Renders in worker processes, so decoding never blocks the event loop and every core is used."""
 
     def __init__(self, settings: Settings) -> None:
-        self._workers = settings.resizer_workers or len(os.sched_getaffinity(0))
+        self._workers = pool_size(settings)
         self._limits = (settings.max_pixels, settings.max_frames)
         self._pool = self._new_pool()
 
@@ -50,9 +55,8 @@ class ProcessRenderer:
         # that a forked child would inherit in whatever state they were in.
         return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent)
 
-    @property
-    def workers(self) -> int:
-        return self._workers
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def __call__(self, data: bytes, rendition: Rendition) -> StoredThumbnail:
         job = partial(render_in_worker, data, rendition, *self._limits)
@@ -85,10 +89,20 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None) -> stage.Subscription:
-    publisher = publisher or KafkaPublisher(settings)
-    thumbnails = ThumbnailRepository(connect(settings), settings.keyspace)
-    render = ProcessRenderer(settings)
+def build_resizer(settings: Settings, *, publisher: stage.Publisher | None = None, thumbnails: Thumbnails | None = None,
+                  render: Render | None = None) -> stage.Built:
+    """The resizer with real adapters for every port not given; it closes only what it opened."""
+    closers: list[stage.Close] = []
+    if publisher is None:
+        publisher = kafka = KafkaPublisher(settings)
+        closers.append(kafka.close)
+    if thumbnails is None:
+        session = connect(settings)
+        thumbnails = ThumbnailRepository(session, settings.keyspace)
+        closers.append(session.cluster.shutdown)
+    if render is None:
+        render = pool = ProcessRenderer(settings)
+        closers.append(pool.close)
     locks = KeyedLocks()
 
     async def handle(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
@@ -99,9 +113,9 @@ def build_resizer(settings: Settings, *, publisher: KafkaPublisher | None = None
     # Four records per pool worker: while one renders, the others wait on their Cassandra and Kafka round
     # trips. Two left the cores idle (FullHD bench: 39 tasks/s with 2, 46 with 4, 49 with 8); more only
     # holds more source images in memory.
-    return stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=render.workers * 4)
+    return stage.Built([stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=pool_size(settings) * 4)], closers)
 
 
 def main(settings: Settings) -> int:
     metrics.serve(settings.metrics_host, settings.resizer_metrics_port)
-    return stage.run([build_resizer(settings)])
+    return stage.run(build_resizer(settings))

@@ -20,9 +20,10 @@ from confluent_kafka.admin import AdminClient
 
 from services.common.cassandra import connect, migrate
 from services.common.events import decode
-from services.common.kafka import client_config, ensure_topics
+from services.common.kafka import client_config
 from services.common.model import COMPLETED, Event
 from services.common.settings import PREFIX, Settings
+from services.common.topics import ensure_topics
 from services.supervisor import Instance
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,6 +147,7 @@ class Stack:
 
     env: dict[str, str]
     names: tuple[str, ...] = ("api", "fetcher", "resizer", "projector")
+    static_members: bool = False  # as `thumbs run` starts them; off where a test needs a group to empty at once
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -165,7 +167,8 @@ class Stack:
             log = open(log_dir / f"{name}.log", "ab")
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", instance.stage],
-                env={**os.environ, **self.env, **instance.environment(self.settings)},
+                env={**os.environ, **self.env,
+                     **instance.environment(self.settings, member_id=name if self.static_members else "")},
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -263,13 +266,13 @@ def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> 
 @contextmanager
 def running_stack(
     kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp: Path,
-    names: tuple[str, ...] = Stack.names, **extra: str,
+    names: tuple[str, ...] = Stack.names, static_members: bool = False, **extra: str,
 ) -> Iterator[Stack]:
     """An isolated environment (topics and tables created) with `names` running until exit; dropped after."""
     env = isolated_env(kafka_bootstrap, cassandra_contact, tmp, **extra)
     ensure_topics(settings_of(env))
     migrate(settings_of(env))
-    stack = Stack(env, names)
+    stack = Stack(env, names, static_members)
     stack.start()
     try:
         stack.wait_ready()
