@@ -1,12 +1,14 @@
 """Local Cassandra 5.0 nodes (one on 127.0.0.1, or a ring on 127.0.0.11, .12, ...), tuned to start fast."""
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from services.common.settings import Settings
 
+from . import tls
 from .java import java_binary
 from .maven import cached_lib
 from .server import Layout, Say, port_open
@@ -45,11 +47,30 @@ JVM_FLAGS = (
     # node came back without the keyspace (its commit log never reached the file), which the chaos run caught.
     "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.ring_delay_ms=1000",
 )
+# With authentication on, the default superuser is created this long after start-up (Cassandra's default: 10 s).
+SECURE_JVM_FLAGS = ("-Dcassandra.superuser_setup_delay_ms=100",)
+
+
+def secure_jvm_flags(nodes: int) -> tuple[str, ...]:
+    # system_auth is created with RF 1 unless told otherwise: in a ring, one dead node would then stop every login.
+    return SECURE_JVM_FLAGS + ((f"-Dcassandra.system_auth.default_rf={min(nodes, 3)}",) if nodes > 1 else ())
 
 
 def node_hosts(settings: Settings, nodes: int) -> list[str]:
     """One node on the first contact point (127.0.0.1 by default); a ring on 127.0.0.11, .12, ..."""
     return [settings.cassandra_hosts[0]] if nodes == 1 else [RING_HOSTS.format(10 + n) for n in range(1, nodes + 1)]
+
+
+def certificate_hosts(settings: Settings, nodes: int) -> list[str]:
+    """Every address a local server is reached at: the brokers' loopback and each Cassandra node's."""
+    return list(dict.fromkeys(["127.0.0.1", *node_hosts(settings, nodes)]))
+
+
+def server_material(settings: Settings, topology: Topology) -> tls.Material | None:
+    """The secure servers' certificates and passwords (made on first use); None for plain servers."""
+    if not topology.secure:
+        return None
+    return tls.ensure(tls.directory(settings.state_dir), certificate_hosts(settings, topology.cassandra_nodes))
 
 
 @dataclass(frozen=True)
@@ -85,14 +106,15 @@ class Cassandra:
         self.layout.create()
         (self.layout.data / "triggers").mkdir(exist_ok=True)
         yaml, logback = self.layout.conf / "cassandra.yaml", self.layout.conf / "logback.xml"
-        nodes = self.topology.cassandra_nodes
+        nodes, material = self.topology.cassandra_nodes, server_material(self.settings, self.topology)
         yaml.write_text(cassandra_yaml(self.settings.cassandra_port, self.layout.data, host=self.host,
                                        seeds=node_hosts(self.settings, nodes), token=ring_token(self.node_id, nodes),
-                                       cluster_name=f"thumbs-dev-{nodes}"))
+                                       cluster_name=f"thumbs-dev-{nodes}", material=material))
+        yaml.chmod(0o600)  # holds the key store password when secure
         (self.layout.conf / "cassandra-rackdc.properties").write_text(f"dc={DATACENTER}\nrack=rack1\n")
         logback.write_text(logback_xml(self.main_log))
         return [
-            java_binary(), *JVM_FLAGS,
+            java_binary(), *JVM_FLAGS, *(secure_jvm_flags(nodes) if material else ()),
             *(flag for module in ADD_EXPORTS for flag in ("--add-exports", f"{module}=ALL-UNNAMED")),
             *(flag for module in ADD_OPENS for flag in ("--add-opens", f"{module}=ALL-UNNAMED")),
             f"-javaagent:{lib / JAMM}",
@@ -105,7 +127,13 @@ class Cassandra:
 
     def answers(self) -> bool:
         port = self.settings.cassandra_port
-        return port_open(self.host, port) and query_answers((self.host,), port, peers=self.topology.cassandra_nodes - 1)
+        if not port_open(self.host, port):
+            return False
+        material = server_material(self.settings, self.topology)
+        # Until the default superuser exists (shortly after start-up) the login fails: not ready yet.
+        credentials = (tls.CASSANDRA_USER, tls.CASSANDRA_PASSWORD) if material else None
+        return query_answers((self.host,), port, peers=self.topology.cassandra_nodes - 1, credentials=credentials,
+                             ca_location=material.ca_pem if material else None)
 
     def _lib(self, say: Say) -> Path:
         cache = self.settings.state_dir / "cache" / f"cassandra-{self.versions.cassandra}"
@@ -121,7 +149,7 @@ def ring_token(node_id: int, nodes: int) -> int:
 
 
 def cassandra_yaml(port: int, data: Path, *, host: str = "127.0.0.1", seeds: list[str] | None = None,
-                   token: int = -(2**63), cluster_name: str = "thumbs-dev-1") -> str:
+                   token: int = -(2**63), cluster_name: str = "thumbs-dev-1", material: tls.Material | None = None) -> str:
     # Cassandra rejects unknown keys, so this lists only 5.0 names. Every node is a seed: the ring then
     # starts in parallel (a non-seed started beside a not-yet-listening seed gives up on gossip).
     seed_list = ",".join(f"{seed}:{STORAGE_PORT}" for seed in (seeds or [host]))
@@ -150,6 +178,24 @@ commitlog_sync_group_window: 10ms
 commitlog_segment_size: 32MiB
 auto_snapshot: false
 concurrent_compactors: 1
+""" + (secure_yaml(material) if material else "")
+
+
+def secure_yaml(material: tls.Material) -> str:
+    """Logins and permissions (roles in system_auth), and TLS on the native port with the local CA's certificate."""
+    return f"""\
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+client_encryption_options:
+  enabled: true
+  optional: false
+  keystore: {material.keystore}
+  keystore_password: "{material.store_password}"
+  truststore: {material.truststore}
+  truststore_password: "{material.store_password}"
+  store_type: PKCS12
+  require_client_auth: false
 """
 
 
@@ -174,14 +220,21 @@ def logback_xml(log_file: Path) -> str:
 """
 
 
-def query_answers(hosts: tuple[str, ...], port: int, timeout: float = 5.0, *, peers: int = 0) -> bool:
-    """True when a CQL session can read `release_version` from system.local and the node knows `peers` others."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # only probes need the driver
+def query_answers(hosts: tuple[str, ...], port: int, timeout: float = 5.0, *, peers: int = 0,
+                  credentials: tuple[str, str] | None = None, ca_location: Path | None = None) -> bool:
+    """True when a CQL session can read `release_version` from system.local and the node knows `peers` others.
+
+    With `credentials` it logs in; with `ca_location` it speaks TLS and checks the node's certificate.
+    """
+    from cassandra.auth import PlainTextAuthProvider  # only probes need the driver
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import RoundRobinPolicy
 
     profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout)
     cluster = Cluster(list(hosts), port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-                      connect_timeout=timeout, control_connection_timeout=timeout, protocol_version=5)
+                      connect_timeout=timeout, control_connection_timeout=timeout, protocol_version=5,
+                      auth_provider=PlainTextAuthProvider(*credentials) if credentials else None,
+                      ssl_context=ssl.create_default_context(cafile=str(ca_location)) if ca_location else None)
     try:
         session = cluster.connect()
         if session.execute("SELECT release_version FROM system.local").one() is None:

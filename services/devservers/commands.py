@@ -12,8 +12,9 @@ from typing import Any
 
 from services.common.settings import PREFIX, Settings
 
-from .cassandra import DATACENTER, node_hosts
-from .kafka import HOST, broker_port
+from . import tls
+from .cassandra import DATACENTER, node_hosts, server_material
+from .kafka import HOST, SASL_MECHANISM, broker_port
 from .lifecycle import ServersError, all_servers, describe, ensure_running, stop_servers
 from .process import running_pid, tail
 from .topology import Topology, TopologyError, choose, current, topology_file
@@ -22,13 +23,14 @@ from .topology import Topology, TopologyError, choose, current, topology_file
 def start(settings: Settings, args: argparse.Namespace) -> int:
     began = time.monotonic()
     try:
-        topology = choose(settings, getattr(args, "kafka_brokers", None), getattr(args, "cassandra_nodes", None))
+        topology = choose(settings, getattr(args, "kafka_brokers", None), getattr(args, "cassandra_nodes", None),
+                          getattr(args, "secure", None))
         ensure_running(settings, print, topology)
     except (TopologyError, ServersError) as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"servers ready after {time.monotonic() - began:.1f} s (`thumbs servers stop` stops them)")
-    if topology.clustered:
+    if topology.clustered or topology.secure:
         print('point the service and the tests at them with: eval "$(thumbs servers env)"')
     return 0
 
@@ -79,7 +81,24 @@ def environment(settings: Settings, topology: Topology) -> dict[str, str]:
         "CASSANDRA_LOCAL_DC": DATACENTER,
         "STATE_DIR": str(settings.state_dir),
     }
+    material = server_material(settings, topology)
+    if material:
+        values |= security_environment(material)
     return {PREFIX + name: value for name, value in values.items()}
+
+
+def security_environment(material: tls.Material) -> dict[str, str]:
+    """The logins and the CA of the secure servers (unprefixed names; the passwords are the servers' own)."""
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": SASL_MECHANISM,
+        "KAFKA_SASL_USERNAME": tls.KAFKA_USER,
+        "KAFKA_SASL_PASSWORD": material.kafka_password,
+        "KAFKA_SSL_CA_LOCATION": str(material.ca_pem),
+        "CASSANDRA_USERNAME": tls.CASSANDRA_USER,
+        "CASSANDRA_PASSWORD": tls.CASSANDRA_PASSWORD,
+        "CASSANDRA_SSL_CA_LOCATION": str(material.ca_pem),
+    }
 
 
 def env(settings: Settings, _args: argparse.Namespace) -> int:
@@ -114,6 +133,9 @@ def register(subparsers: Any) -> None:
                        help="brokers of a KRaft cluster (default: the shape set up before, else 1)")
     begin.add_argument("--cassandra-nodes", type=int, metavar="N",
                        help="nodes of a Cassandra ring (default: the shape set up before, else 1)")
+    begin.add_argument("--secure", action=argparse.BooleanOptionalAction, default=None,
+                       help="Kafka with SASL_SSL/SCRAM, Cassandra with logins and TLS, from a throwaway CA "
+                            "(default: as set up before, else off)")
     end = actions.add_parser("stop", help="stop every node (SIGTERM, SIGKILL after 30 s)")
     end.set_defaults(handler=stop)
     end.add_argument("--wipe", action="store_true", help="then delete their data (to start over, or as another shape)")

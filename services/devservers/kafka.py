@@ -4,12 +4,15 @@ from __future__ import annotations
 import base64
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from services.common.settings import Settings
 
+from . import tls
+from .cassandra import server_material
 from .java import java_binary
 from .maven import cached_lib
 from .server import Layout, Say, port_open
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
     from .topology import Topology
 
 HOST = "127.0.0.1"
+SASL_MECHANISM = "SCRAM-SHA-512"
 # thumbnail.fetched records carry a source image (up to 20 MiB) and its event header.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 JVM_FLAGS = (
@@ -76,17 +80,22 @@ class Kafka:
         lib = self._lib(say)
         self.layout.create()
         properties, log4j = self.layout.conf / "server.properties", self.layout.conf / "log4j2.properties"
+        material = server_material(self.settings, self.topology)
         properties.write_text(server_properties(base_port(self.settings), self.layout.data, self.node_id,
-                                                self.topology.kafka_brokers))
+                                                self.topology.kafka_brokers, material))
+        properties.chmod(0o600)  # holds the key store and SCRAM passwords when secure
         log4j.write_text(log4j2_properties(self.main_log))
         if not (self.layout.data / "meta.properties").exists():
             say(f"{self.name}: formatting {self.layout.data} (first start only)")
-            self._format(lib, properties, log4j)
+            self._format(lib, properties, log4j, material)
         return [java_binary(), *JVM_FLAGS, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*",
                 self.main_class, str(properties)]
 
     def answers(self) -> bool:
-        return port_open(HOST, self.port) and metadata_answers(self.address())
+        if not port_open(HOST, self.port):
+            return False
+        material = server_material(self.settings, self.topology)
+        return metadata_answers(self.address(), security=client_security(material) if material else None)
 
     def _lib(self, say: Say) -> Path:
         cache = self.settings.state_dir / "cache" / f"kafka-{self.versions.kafka}"
@@ -95,12 +104,18 @@ class Kafka:
         props = {"kafka.version": self.versions.kafka, "log4j.version": self.versions.kafka_log4j}
         return cached_lib(cache, SERVERS_DIR / "kafka" / "pom.xml", props)
 
-    def _format(self, lib: Path, properties: Path, log4j: Path) -> None:
+    def _format(self, lib: Path, properties: Path, log4j: Path, material: tls.Material | None = None) -> None:
         argv = [java_binary(), "-Xmx256m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*",
                 "kafka.tools.StorageTool", "format", "-t", self.topology.kafka_cluster_id, "-c", str(properties)]
+        if material:
+            # SCRAM credentials live in the metadata log; formatting writes the first user's there before any start.
+            argv += ["--add-scram", f"{SASL_MECHANISM}=[name={tls.KAFKA_USER},password={material.kafka_password}]"]
         done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
-            raise FormatError(f"formatting Kafka storage failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+            output = done.stdout + done.stderr
+            if material:  # a rejected --add-scram may be echoed back
+                output = output.replace(material.kafka_password, "********")
+            raise FormatError(f"formatting Kafka storage failed ({done.returncode}):\n{output}")
 
 
 def cluster_id() -> str:
@@ -111,8 +126,12 @@ def cluster_id() -> str:
             return text
 
 
-def server_properties(base: int, data: Path, node_id: int = 1, brokers: int = 1) -> str:
-    """Broker `node_id` of `brokers`; every broker is also a controller and a voter of the quorum."""
+def server_properties(base: int, data: Path, node_id: int = 1, brokers: int = 1,
+                      material: tls.Material | None = None) -> str:
+    """Broker `node_id` of `brokers`; every broker is also a controller and a voter of the quorum.
+
+    With `material`, clients and brokers talk SASL_SSL (SCRAM) on the broker port; see secure_properties.
+    """
     port = base + 2 * (node_id - 1)
     controller = port + 1
     voters = ",".join(f"{n}@{HOST}:{base + 2 * (n - 1) + 1}" for n in range(1, brokers + 1))
@@ -153,7 +172,46 @@ def server_properties(base: int, data: Path, node_id: int = 1, brokers: int = 1)
         "num.network.threads": "2",
         "num.io.threads": "2",
     }
+    if material:
+        values |= secure_properties(port, controller, material)
     return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def secure_properties(port: int, controller: int, material: tls.Material) -> dict[str, str]:
+    """SASL_SSL with SCRAM for clients and between brokers; the controller listener stays plain, on loopback only."""
+    jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{tls.KAFKA_USER}" '
+            f'password="{material.kafka_password}";')
+    return {
+        "listeners": f"SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
+        "advertised.listeners": f"SASL_SSL://{HOST}:{port}",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "sasl.enabled.mechanisms": SASL_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
+        f"listener.name.sasl_ssl.{SASL_MECHANISM.lower()}.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(material.keystore),
+        "ssl.keystore.password": material.store_password,
+        "ssl.key.password": material.store_password,
+        "ssl.truststore.type": "PKCS12",
+        "ssl.truststore.location": str(material.truststore),
+        "ssl.truststore.password": material.store_password,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        # Raft votes and broker registrations arrive over the plain controller listener as User:ANONYMOUS;
+        # without it the quorum never forms (AuthorizerNotReadyException on VOTE).
+        "super.users": f"User:{tls.KAFKA_USER};User:ANONYMOUS",
+    }
+
+
+def client_security(material: tls.Material) -> dict[str, str]:
+    """librdkafka settings that log in to the secure brokers as the admin user."""
+    return {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": SASL_MECHANISM,
+        "sasl.username": tls.KAFKA_USER,
+        "sasl.password": material.kafka_password,
+        "ssl.ca.location": str(material.ca_pem),
+    }
 
 
 def log4j2_properties(log_file: Path) -> str:
@@ -180,12 +238,13 @@ logger.request.level = WARN
 """
 
 
-def metadata_answers(bootstrap: str, timeout: float = 5.0) -> bool:
-    """True when the broker answers a metadata request (what every client does first)."""
+def metadata_answers(bootstrap: str, timeout: float = 5.0, security: Mapping[str, str] | None = None) -> bool:
+    """True when the broker answers a metadata request (what every client does first), over `security` if given."""
     from confluent_kafka.admin import AdminClient  # imported late: only probes need it
 
     # log_level 0 keeps librdkafka quiet about refused connections while the broker boots.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": int(timeout * 1000)})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": int(timeout * 1000),
+                         **(security or {})})
     try:
         admin.list_topics(timeout=timeout)
     except Exception:  # noqa: BLE001 - any failure means "not answering yet"
