@@ -27,13 +27,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.cassandra import migrate  # noqa: E402
-from services.common.model import Completed  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
-from services.common.topics import ensure_topics  # noqa: E402
-from services.devservers.lifecycle import all_servers, ensure_running, start_servers  # noqa: E402
-from services.devservers.process import running_pid  # noqa: E402
-from tests.integration.stack import (  # noqa: E402
+from services.common.cassandra import migrate
+from services.common.model import Completed
+from services.common.settings import Settings
+from services.common.topics import ensure_topics
+from services.devservers.lifecycle import all_servers, ensure_running, start_servers
+from services.devservers.process import running_pid
+from tests.integration.stack import (
     ImageServer,
     Stack,
     completed_events,
@@ -122,7 +122,7 @@ def kill_stage(stack: Stack, supervisor: Supervisor, name: str) -> None:
     supervisor.paused.discard(name)
 
 
-def kill_server(settings: Settings, name: str, observe: "Observer") -> None:
+def kill_server(settings: Settings, name: str, observe: Observer) -> None:
     # A kind ("kafka") means its first node; a node name ("kafka-2") means that node.
     [server] = [s for s in all_servers(settings) if s.name in (name, f"{name}-1")]
     pid = running_pid(server.layout.pid_file, server.main_class)

@@ -89,7 +89,7 @@ async def _post(session: aiohttp.ClientSession, api: str, source_url: str) -> Ca
         async with session.post(f"{api}/thumbnail", json={"source_image_url": source_url}) as response:
             body = await response.json(content_type=None) if response.status == 202 else None
             return Call(started, time.perf_counter(), response.status, body and body.get("task_id"))
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return Call(started, time.perf_counter(), 0)
 
 
@@ -99,7 +99,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> Call:
         async with session.get(url) as response:
             await response.read()
             return Call(started, time.perf_counter(), response.status)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return Call(started, time.perf_counter(), 0)
 
 

@@ -46,11 +46,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from random import Random
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` and `services` importable from the root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -74,7 +75,7 @@ def machine() -> dict[str, Any]:
     pinned = versions.load()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.machine())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": len(os.sched_getaffinity(0)),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": len(os.sched_getaffinity(0)),
             "cpu": model, "python": platform.python_version(), "pillow": Image.__version__,
             "libjpeg_turbo": features.version("libjpeg_turbo"), "kafka": pinned.kafka, "cassandra": pinned.cassandra,
             "loadavg_at_start": os.getloadavg()}
@@ -114,7 +115,8 @@ def finished(run: Pipeline, task_ids: list[str], since: float, timeout: float) -
 def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: float) -> dict[str, Any]:
     """Submits, waits until every accepted task is terminal (or timeout), and gathers every figure."""
     assert run.sampler is not None and run.completions is not None
-    resizes, hits = run.counter("resizer", "thumbs_resizes_total"), (run.counter("resizer", "thumbs_dedupe_hits_total") + run.counter("fetcher", "thumbs_dedupe_hits_total"))
+    resizes = run.counter("resizer", "thumbs_resizes_total")
+    hits = run.counter("resizer", "thumbs_dedupe_hits_total") + run.counter("fetcher", "thumbs_dedupe_hits_total")
     run.sampler.mark()
     calls = submit()
     accepted = [c for c in calls if c.task_id]

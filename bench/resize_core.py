@@ -84,7 +84,7 @@ def measure(images: list[bytes], rounds: int, loops: int) -> dict[str, float]:
             rates[name].append(rate(PATHS[name], images, max(1, loops // 3) if name == "naive" else loops))
     result = {name: statistics.median(values) for name, values in rates.items()}
     for other in ("naive", "best"):
-        result[f"ours/{other}"] = statistics.median(o / x for o, x in zip(rates["ours"], rates[other]))
+        result[f"ours/{other}"] = statistics.median(o / x for o, x in zip(rates["ours"], rates[other], strict=True))
     return result
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from services.common.settings import Settings, SettingsError, documented, effective
 from services.devservers import commands as servers

@@ -5,8 +5,9 @@ import asyncio
 import base64
 import logging
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -51,11 +52,9 @@ def create_app(
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        closers = []
+        closers: list[Callable[[], None]] = []
         if publisher is None or tasks is None or thumbnails is None:
-            from .wiring import (
-                real_adapters,  # imported late: no clients at import time
-            )
+            from .wiring import real_adapters  # imported late: no clients at import time
 
             built, closers = real_adapters(settings)
             app.state.publisher = publisher or built.publisher
@@ -81,7 +80,7 @@ def create_app(
         Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
     ]
     handlers = {ApiError: on_api_error, 404: on_not_found, 405: on_method_not_allowed}
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.add_middleware(HttpMetrics)
     return app
 
@@ -119,7 +118,7 @@ async def submit(request: Request) -> Response:
 async def _task(request: Request) -> TaskView:
     task_id = parse_task_id(request.query_params.get("task_id"))
     try:
-        view = await request.app.state.tasks.get(task_id)
+        view: TaskView | None = await request.app.state.tasks.get(task_id)
     except Exception as exc:  # noqa: BLE001 - any driver failure means the store is unavailable
         log.warning("task lookup failed: %s", exc)
         raise ApiError(503, "UNAVAILABLE", "the task store is unavailable, try again shortly", {"Retry-After": "5"}) from None
@@ -131,7 +130,7 @@ async def _task(request: Request) -> TaskView:
 async def _thumbnail(request: Request, view: TaskView) -> StoredThumbnail:
     assert view.source_sha256 and view.rendition_key
     try:
-        stored = await request.app.state.thumbnails.find(view.source_sha256, view.rendition_key)
+        stored: StoredThumbnail | None = await request.app.state.thumbnails.find(view.source_sha256, view.rendition_key)
     except Exception as exc:  # noqa: BLE001
         log.warning("thumbnail lookup failed: %s", exc)
         raise ApiError(503, "UNAVAILABLE", "the thumbnail store is unavailable", {"Retry-After": "5"}) from None

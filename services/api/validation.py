@@ -33,12 +33,12 @@ def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendit
     return _source_url(document.get("source_image_url")), _rendition(document)
 
 
-def _source_url(url: Any) -> str:
-    if url is None:
+def _source_url(given: Any) -> str:
+    if given is None:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url is required")
-    if not isinstance(url, str):
+    if not isinstance(given, str):
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must be a string")
-    url = url.strip()
+    url = given.strip()
     if not url:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must not be empty")
     if len(url) > MAX_URL_LENGTH:

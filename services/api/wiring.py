@@ -1,8 +1,8 @@
 """Builds the API's real Kafka and Cassandra adapters (called from the app's lifespan, never at import)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from services.common.cassandra import connect
 from services.common.kafka import KafkaPublisher

@@ -9,9 +9,10 @@ import ssl
 import time
 import uuid
 from collections import namedtuple
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 from cassandra import ConsistencyLevel, DriverException, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
@@ -92,8 +93,8 @@ class MigrationError(RuntimeError):
 
 
 @lru_cache(maxsize=64)
-def _row_type(columns: tuple[str, ...]) -> type:
-    return namedtuple("Row", columns)  # type: ignore[misc]
+def _row_type(columns: tuple[str, ...]) -> Any:
+    return namedtuple("Row", columns)
 
 
 def cached_named_tuple_factory(columns: list[str], rows: list[tuple[Any, ...]]) -> list[Any]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
-from typing import Any, Sequence
+from typing import Any
 
 import jsonschema_rs
 
@@ -94,8 +96,8 @@ def decode(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = ()
     if not isinstance(document, dict):
         raise EventError("an event must be a JSON object")
     kind, version = document.get("type"), document.get("version")
-    validator = _validators().get((kind, version))
-    if validator is None:
+    validator = _validators().get((kind, version)) if isinstance(kind, str) and isinstance(version, int) else None
+    if validator is None or not isinstance(kind, str):
         raise EventError(f"unknown event type/version: {kind!r} v{version!r}")
     if (carried is not None) != (kind == FETCHED and version == 2):
         raise EventError(f"only thumbnail.fetched v2 travels in the {EVENT_HEADER} header, with the image as the value")
@@ -108,7 +110,7 @@ def decode(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = ()
 
 def _build(kind: str, document: dict[str, Any], image: bytes | None) -> Event:
     payload = dict(document["payload"])
-    names = _PAYLOAD_TYPES[kind].__dataclass_fields__
+    names = fields_of(_PAYLOAD_TYPES[kind])
     if "rendition" in names:
         payload["rendition"] = Rendition(**{**asdict(Rendition()), **_known(Rendition, payload.get("rendition", {}))})
     if kind == FETCHED:
@@ -138,7 +140,11 @@ def _image_v2(image: bytes, payload: dict[str, Any]) -> bytes:
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Drop fields this version of the code does not know (additive changes keep the version)."""
-    return {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+    return {k: v for k, v in values.items() if k in fields_of(cls)}
+
+
+def fields_of(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 @cache

@@ -23,13 +23,18 @@ class PublishError(Exception):
 
 
 def headers_of(message: Message) -> list[tuple[str, bytes]]:
-    """A consumed record's headers; a header without a value reads as b""."""
-    return [(name, value or b"") for name, value in message.headers() or ()]
+    """A consumed record's headers; a header without a value reads as b"" (librdkafka gives a list of pairs)."""
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [(name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs]
 
 
-def client_config(settings: Settings) -> dict[str, object]:
+ClientConfig = dict[str, str | int | float | bool]
+
+
+def client_config(settings: Settings) -> ClientConfig:
     """What every producer, consumer and admin client shares: where the brokers are and how to reach them."""
-    config: dict[str, object] = {
+    config: ClientConfig = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "client.id": "thumbs",
         "security.protocol": settings.kafka_security_protocol,

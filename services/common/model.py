@@ -6,9 +6,10 @@ translate them at the edges.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any, Mapping, Union
+from datetime import UTC, datetime
+from typing import Any
 
 from .status import Status, write_timestamp
 
@@ -81,14 +82,14 @@ class Failed:
     attempts: int = 1
 
 
-Payload = Union[Requested, Fetched, Completed, Failed]
+Payload = Requested | Fetched | Completed | Failed
 _PAYLOAD_TYPES: dict[str, type] = {REQUESTED: Requested, FETCHED: Fetched, COMPLETED: Completed, FAILED: Failed}
 _TYPE_OF = {cls: name for name, cls in _PAYLOAD_TYPES.items()}
 WRITTEN_VERSIONS = {REQUESTED: 1, FETCHED: 2, COMPLETED: 1, FAILED: 1}
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Event:
         moment = datetime.fromisoformat(self.occurred_at.replace("Z", "+00:00"))
         return int(moment.timestamp() * 1_000_000)
 
-    def follow(self, payload: Payload, producer: str) -> "Event":
+    def follow(self, payload: Payload, producer: str) -> Event:
         """The next event of the same task."""
         return Event(
             task_id=self.task_id,
@@ -132,7 +133,7 @@ class Event:
             correlation_id=self.correlation_id or self.event_id,
         )
 
-    def with_payload(self, payload: Payload) -> "Event":
+    def with_payload(self, payload: Payload) -> Event:
         return replace(self, payload=payload)
 
 

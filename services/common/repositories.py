@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
@@ -36,7 +36,7 @@ class TaskRepository:
                 f"UPDATE {self._keyspace}.tasks USING TTL ? AND TIMESTAMP ? SET {assignments} WHERE task_id = ?"
             )
             self._updates[names] = statement
-        updated_at = datetime.fromtimestamp(update.occurred_at_micros / 1e6, timezone.utc)
+        updated_at = datetime.fromtimestamp(update.occurred_at_micros / 1e6, UTC)
         values = [update.columns[n] for n in names]
         params = [self._ttl, update.timestamp, update.status.value, updated_at, *values, uuid.UUID(update.task_id)]
         await execute(self._session, statement, params)

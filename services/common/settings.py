@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 PREFIX = "THUMBS_"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,7 @@ class Settings:
     state_dir: Path = _setting(REPO_ROOT / ".thumbs", "Folder for local server data, logs, caches and worker state.", Path)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -127,7 +128,8 @@ class Settings:
 
 
 def _cast_for(type_name: Any) -> Callable[[str], Any]:
-    return {"int": int, "float": float, "bool": _bool, "str": str}[str(type_name)]
+    casts: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _bool, "str": str}
+    return casts[str(type_name)]
 
 
 def effective(settings: Settings) -> list[tuple[str, str]]:

@@ -17,9 +17,10 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import uvloop
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -28,9 +29,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from . import metrics
 from .backoff import backoff_seconds
 from .events import decode, encode_dead_letter
-from .kafka import MAX_MESSAGE_BYTES, PublishError, client_config, headers_of
+from .kafka import PublishError, client_config, headers_of
 from .model import DLQ, Event, EventError, Outgoing
 from .settings import Settings
+from .topic_plan import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,10 @@ class Record:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, message: Message) -> "Record":
-        return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
-                   headers_of(message))
+    def of(cls, message: Message) -> Record:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None  # always set on a consumed record
+        return cls(topic, partition, offset, message.key(), message.value(), headers_of(message))
 
 
 class StageRunner:
@@ -83,7 +86,7 @@ class StageRunner:
         self._settings = settings
         self._publisher = publisher
         self._handler = handler
-        self._transient = (PublishError, *transient)
+        self._transient: tuple[type[BaseException], ...] = (PublishError, *transient)
         self._sleep = sleep
 
     async def handle(self, message: Record) -> None:
@@ -124,7 +127,7 @@ class StageRunner:
         log.warning("%s: dead-lettering %s[%s]@%s: %s", self.stage, message.topic, message.partition, message.offset, reason)
         record = encode_dead_letter(
             reason=reason, stage=self.stage, topic=message.topic, partition=message.partition,
-            offset=message.offset, key=message.key, value=message.value, headers=message.headers,
+            offset=message.offset, key=message.key, value=message.value, headers=list(message.headers),
         )
         async for attempt in self._retrying(message, (PublishError,)):
             with attempt:

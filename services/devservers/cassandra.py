@@ -77,7 +77,7 @@ def server_material(settings: Settings, topology: Topology) -> tls.Material | No
 class Cassandra:
     settings: Settings
     versions: Versions
-    topology: "Topology"
+    topology: Topology
     node_id: int = 1
     main_class: ClassVar[str] = "org.apache.cassandra.service.CassandraDaemon"
     ready_timeout: ClassVar[float] = 180.0

@@ -52,7 +52,7 @@ def broker_port(settings: Settings, node_id: int) -> int:
 class Kafka:
     settings: Settings
     versions: Versions
-    topology: "Topology"
+    topology: Topology
     node_id: int = 1
     main_class: ClassVar[str] = "kafka.Kafka"
     ready_timeout: ClassVar[float] = 90.0

@@ -32,10 +32,8 @@ def all_servers(settings: Settings, topology: Topology | None = None) -> list[Se
     starts while Kafka's jars and storage are prepared."""
     topology = topology or current(settings)
     pinned = versions.load()
-    return [
-        *(Cassandra(settings, pinned, topology, n) for n in range(1, topology.cassandra_nodes + 1)),
-        *(Kafka(settings, pinned, topology, n) for n in range(1, topology.kafka_brokers + 1)),
-    ]
+    nodes: list[Server] = [Cassandra(settings, pinned, topology, n) for n in range(1, topology.cassandra_nodes + 1)]
+    return nodes + [Kafka(settings, pinned, topology, n) for n in range(1, topology.kafka_brokers + 1)]
 
 
 def ensure_running(settings: Settings, say: Say = print, topology: Topology | None = None) -> None:

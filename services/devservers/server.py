@@ -45,7 +45,9 @@ class Layout:
 class Server(Protocol):
     """One local server; `prepare` may download jars and format storage, so it can take a while."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str: ...
+
     main_class: ClassVar[str]  # also how its process is recognised in /proc
     ready_timeout: ClassVar[float]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from services.common.backoff import backoff_seconds
 from services.common.dedupe import existing

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect
-from services.common.kafka import RETRY, KafkaPublisher
-from services.common.model import REQUESTED, Event, Outgoing
+from services.common.kafka import KafkaPublisher
+from services.common.model import REQUESTED, RETRY, Event, Outgoing
 from services.common.ports import Thumbnails
 from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from services.common.model import Completed, Event, Failed, Fetched, Requested, TaskUpdate
 from services.common.status import Status
@@ -12,7 +12,7 @@ from services.common.status import Status
 def project(event: Event) -> TaskUpdate:
     payload = event.payload
     at = event.occurred_at_micros
-    moment = datetime.fromtimestamp(at / 1e6, timezone.utc)
+    moment = datetime.fromtimestamp(at / 1e6, UTC)
     if isinstance(payload, Requested):
         columns = {"source_url": payload.source_url, "rendition": json.dumps(asdict(payload.rendition)), "created_at": moment}
         return TaskUpdate(event.task_id, Status.PENDING, at, columns)

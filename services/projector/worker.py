@@ -1,7 +1,7 @@
 """Projector process: a consumer of every pipeline topic, materialising task rows in Cassandra."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect

@@ -1,7 +1,7 @@
 """Resizer core: a thumbnail.fetched event in; a completed (rendered or deduplicated) or failed event out."""
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from services.common.dedupe import completed, existing
 from services.common.errors import ThumbsError

@@ -7,11 +7,11 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import AsyncIterator, Mapping
 
 from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect

@@ -9,13 +9,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from services.common.cassandra import connect, migrate
@@ -103,7 +103,7 @@ class ImageServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 server.hits[path] = server.hits.get(path, 0) + 1
                 if path in server.behaviours:
@@ -211,26 +211,37 @@ def _instance(name: str) -> Instance:
     return Instance(stage, int(number or 1))
 
 
-def completed_events(settings: Settings, timeout: float = 30.0) -> list[Event]:
-    """Every thumbnail.completed event of an environment, read from the start of the topic to its end."""
-    topic = settings.topic(COMPLETED)
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Every record of a topic, from its start to the end it had when the read began."""
     consumer = Consumer({**client_config(settings), "group.id": f"check-{uuid.uuid4()}", "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         positions = {p: 0 for p in partitions}
-        events: list[Event] = []
+        records: list[Message] = []
         deadline = time.monotonic() + timeout
         while any(positions[p] < ends[p] for p in partitions) and time.monotonic() < deadline:
             for message in consumer.consume(500, 0.5):
                 if message.error() is None:
-                    events.append(decode(message.value(), [(k, v or b"") for k, v in message.headers() or ()]))
+                    records.append(message)
                     positions[message.partition()] = message.offset() + 1
         assert all(positions[p] >= ends[p] for p in partitions), f"could not read {topic} to its end"
-        return events
+        return records
     finally:
         consumer.close()
+
+
+def completed_events(settings: Settings) -> list[Event]:
+    """Every thumbnail.completed event of an environment."""
+    return [decode(m.value(), [(k, v or b"") for k, v in m.headers() or ()])
+            for m in read_topic(settings, settings.topic(COMPLETED))]
+
+
+def topic_bytes(settings: Settings, topic: str) -> int:
+    """Bytes of a topic's records as produced: keys, values and headers."""
+    return sum(len(m.key() or b"") + len(m.value() or b"") + sum(len(k) + len(v or b"") for k, v in m.headers() or ())
+               for m in read_topic(settings, topic))
 
 
 def _answers(url: str) -> bool:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import base64
 import io
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -20,6 +20,8 @@ from tests.unit import samples
 
 from .stack import ImageServer, free_port, running_stack
 from .test_pipeline import photo
+
+pytestmark = pytest.mark.integration
 
 MAX_BYTES = 1024 * 1024
 

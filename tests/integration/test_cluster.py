@@ -13,9 +13,9 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -45,8 +45,14 @@ STAGE_RANK = {"PENDING": 1, "FETCHED": 2, "SUCCESS": 3, "FAILURE": 3}
 INSTANCES = ("api", "fetcher", "fetcher-2", "resizer", "resizer-2", "projector", "projector-2")
 
 
+@dataclass(frozen=True)
+class Cluster:
+    nodes: dict[str, Server]  # kafka-1 ... cassandra-3
+    clients: Settings  # what `thumbs servers env` prints for it
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """3 brokers on 127.0.0.1:19092-19097 and a ring on 127.0.0.11-13, away from the default servers."""
     state = tmp_path_factory.mktemp("cluster")
     shared_cache = Settings().state_dir / "cache"
@@ -54,19 +60,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     (state / "cache").symlink_to(shared_cache)  # the jars the default servers resolved
     settings = Settings(kafka_bootstrap="127.0.0.1:19092", state_dir=state)
     topology = choose(settings, 3, 3)
+    nodes = {server.name: server for server in all_servers(settings, topology)}
+    strangers = [server.address() for server in nodes.values() if server.answers()]
+    assert not strangers, f"servers of another run still answer at {strangers}: the faults need nodes of our own"
     try:
         ensure_running(settings, print, topology)
-        yield Settings.from_env(environment(settings, topology))
+        yield Cluster(nodes, Settings.from_env(environment(settings, topology)))
     finally:
         stop_servers(all_servers(settings, topology), print, grace=20)
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    hosts = (cluster.cassandra_hosts, cluster.cassandra_port)
+def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    clients = cluster.clients
+    hosts = (clients.cassandra_hosts, clients.cassandra_port)
     extra = {"TOPIC_REPLICATION_FACTOR": "3", "TOPIC_MIN_INSYNC_REPLICAS": "2", "CASSANDRA_LOCAL_DC": "dc1",
-             "CASSANDRA_REPLICATION": cluster.cassandra_replication, "RESIZER_WORKERS": "1"}
-    with running_stack(cluster.kafka_bootstrap, hosts, tmp_path_factory.mktemp("stack"), names=INSTANCES,
+             "CASSANDRA_REPLICATION": clients.cassandra_replication, "RESIZER_WORKERS": "1"}
+    with running_stack(clients.kafka_bootstrap, hosts, tmp_path_factory.mktemp("stack"), names=INSTANCES,
                        static_members=True, **extra) as stack:
         yield stack
 
@@ -150,15 +160,23 @@ def fetched_leader(settings: Settings) -> int:
     return Counter(p.leader for p in topic.partitions.values()).most_common(1)[0][0]
 
 
+def restart_later(server: Server, seconds: float) -> Future[list[str]]:
+    """Starts `server` again after `seconds`, in the background; the future holds its start failures."""
+    def restart() -> list[str]:
+        time.sleep(seconds)
+        return start_servers([server], print)
+
+    return ThreadPoolExecutor(1).submit(restart)
+
+
 def crash(server: Server) -> None:
     pid = running_pid(server.layout.pid_file, server.main_class)
     assert pid is not None, f"{server.name} is not running"
     os.kill(pid, signal.SIGKILL)
 
 
-def test_broker_and_node_killed_mid_load_lose_nothing(cluster: Settings, stack: Stack, tmp_path: Path) -> None:
-    servers = {s.name: s for s in all_servers(Settings(kafka_bootstrap="127.0.0.1:19092",
-                                                       state_dir=cluster.state_dir))}
+def test_broker_and_node_killed_mid_load_lose_nothing(cluster: Cluster, stack: Stack) -> None:
+    servers = cluster.nodes
     images = ImageServer()
     base = photo(320, 240, seed=40)
     urls = [images.add(f"/c/{n}.jpg", with_comment(base, f"cluster-{n}")) for n in range(DISTINCT)]
@@ -166,18 +184,20 @@ def test_broker_and_node_killed_mid_load_lose_nothing(cluster: Settings, stack: 
     load = Load(stack, urls)
     try:
         follower = load.run()
+        # Both faults land while tasks are still arriving: a restarted broker takes 5-20 s here to answer
+        # again, so each node is brought back in the background.
         time.sleep(4)
         broker = servers[f"kafka-{fetched_leader(stack.settings)}"]
         broker_killed = time.monotonic()
         crash(broker)
-        time.sleep(3)
-        assert not start_servers([broker], print), f"{broker.name} did not come back"
-        time.sleep(2)
+        broker_back = restart_later(broker, 3)
+        time.sleep(7)
         node = servers["cassandra-3"]
         node_killed = time.monotonic()
         crash(node)
-        time.sleep(3)
-        assert not start_servers([node], print), f"{node.name} did not come back"
+        node_back = restart_later(node, 3)
+        for back in (broker_back, node_back):
+            assert back.result(timeout=240) == [], back.result()
         follower.join(timeout=320)
     finally:
         load.stop.set()

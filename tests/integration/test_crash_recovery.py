@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -12,6 +12,8 @@ from services.common.model import Completed
 
 from .stack import ImageServer, Stack, completed_events, poll_terminal, running_stack
 from .test_pipeline import photo
+
+pytestmark = pytest.mark.integration
 
 TASKS_PER_STAGE = 40
 
@@ -32,6 +34,7 @@ def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], 
 def test_killing_a_stage_mid_load_loses_nothing(victim: str, stack: Stack) -> None:
     images = ImageServer()
     base = photo(800, 600, seed=20)
+    resizes_before = 0.0 if victim == "resizer" else stack.metric("resizer", "thumbs_resizes_total")
     try:
         with httpx.Client(base_url=stack.api, timeout=10) as client:
             task_ids = []
@@ -47,8 +50,12 @@ def test_killing_a_stage_mid_load_loses_nothing(victim: str, stack: Stack) -> No
         assert len({r["source_sha256"] for r in results}) == TASKS_PER_STAGE
     finally:
         images.close()
-    # A re-delivered record that rendered again would publish a second non-deduplicated completion.
+    if victim != "resizer":  # its counter survives: exactly one render per distinct image
+        assert stack.metric("resizer", "thumbs_resizes_total") - resizes_before == TASKS_PER_STAGE
+    # A killed resizer restarts its counter, so count published renders instead: a re-delivered record that
+    # rendered again after its thumbnail was stored would publish a second non-deduplicated completion.
+    # (One killed between storing and publishing is answered as deduplicated on re-delivery: at most one.)
     shas = {r["source_sha256"] for r in results}
     renders = Counter(e.payload.source_sha256 for e in completed_events(stack.settings)
                       if isinstance(e.payload, Completed) and not e.payload.deduplicated and e.payload.source_sha256 in shas)
-    assert renders == Counter({sha: 1 for sha in shas}), renders.most_common(3)
+    assert max(renders.values()) == 1, renders.most_common(3)

@@ -4,13 +4,15 @@ from __future__ import annotations
 import base64
 import io
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from .stack import ImageServer, Stack, poll_terminal, running_stack
+
+pytestmark = pytest.mark.integration
 
 
 def photo(width: int, height: int, seed: int) -> bytes:

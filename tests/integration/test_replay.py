@@ -7,8 +7,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -20,6 +20,8 @@ from services.common.kafka import client_config
 
 from .stack import REPO, ImageServer, Stack, poll_terminal, running_stack, wait_for
 from .test_pipeline import photo
+
+pytestmark = pytest.mark.integration
 
 TASKS, IMAGES = 500, 25
 BAD_TTL = "3000000000"  # beyond Cassandra's int32 TTL: the driver refuses every write of the projector
@@ -150,7 +152,7 @@ def test_renderer_bump_re_renders_each_image_once(stack: Stack, client: httpx.Cl
 
 
 def test_dead_letters_complete_after_the_fix_and_a_redrive(stack: Stack, client: httpx.Client, images: ImageServer) -> None:
-    since = datetime.now(timezone.utc).isoformat()
+    since = datetime.now(UTC).isoformat()
     stack.stop("projector")
     stack.env["THUMBS_TASK_TTL_SECONDS"] = BAD_TTL  # a typo in the projector's deployment
     stack.start("projector")
@@ -198,7 +200,7 @@ def test_rewind_refuses_a_live_group_then_moves_a_stopped_one(stack: Stack, clie
                     for tp in reader.offsets_for_times(asked, timeout=10)}
     finally:
         reader.close()
-    moment = datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    moment = datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(timespec="milliseconds")
     moved = replay(stack, "rewind", "--stage", "projector", "--topic", "thumbnail.completed", "--to-time", moment)
     assert moved.returncode == 0, moved.stderr
     listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)

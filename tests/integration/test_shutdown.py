@@ -1,7 +1,7 @@
 """SIGTERM stops a stage cleanly: exit status 0, and nothing it opened is left unclosed (warnings shown)."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest

@@ -1,4 +1,5 @@
 """Each stage's core is the pipeline's logic alone: importing it loads no Kafka, Cassandra, HTTP or web driver."""
+import importlib
 import subprocess
 import sys
 
@@ -13,3 +14,17 @@ def test_a_core_imports_no_driver(core: str) -> None:
     probe = f"import sys, {core}; print(','.join(m for m in {DRIVERS!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"{core} pulls in {loaded}"
+
+
+def _modules() -> list[str]:
+    import pkgutil
+
+    import services
+
+    return sorted(m.name for m in pkgutil.walk_packages(services.__path__, "services."))
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_every_module_imports(module: str) -> None:
+    """Stage processes import their worker only when started: a broken import must fail here, not in a stack."""
+    importlib.import_module(module)

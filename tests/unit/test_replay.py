@@ -5,7 +5,7 @@ import base64
 import io
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -29,7 +29,7 @@ from services.replay.core import (
 )
 from services.replay.progress import Progress
 
-T0 = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
 
 def requested(task_id: str | None = None) -> bytes:

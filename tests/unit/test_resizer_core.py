@@ -21,8 +21,8 @@ class Renderer:
         return StoredThumbnail("image/jpeg", 100, 50, 3, b"jpg")
 
 
-def _fetched(rendition: Rendition = Rendition()) -> Event:
-    return Event(TASK, Fetched("http://127.0.0.2/a.jpg", SHA, "image/jpeg", b"raw", rendition), "fetcher")
+def _fetched(rendition: Rendition | None = None) -> Event:
+    return Event(TASK, Fetched("http://127.0.0.2/a.jpg", SHA, "image/jpeg", b"raw", rendition or Rendition()), "fetcher")
 
 
 async def test_first_render_then_dedupe_hits() -> None:
