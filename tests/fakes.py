@@ -111,6 +111,9 @@ class FakeMessage:
     def headers(self) -> list[tuple[str, bytes]]:
         return self._fields[5]
 
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)  # (TIMESTAMP_CREATE_TIME, epoch ms)
+
 
 class FakeConsumer:
     """Hands out the given messages once, then nothing; records every commit."""

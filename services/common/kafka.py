@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from .events import encode
-from .model import Event
+from .model import Event, Record
 from .settings import Settings
 from .topic_plan import MAX_MESSAGE_BYTES
 
@@ -27,6 +27,12 @@ def headers_of(message: Message) -> list[tuple[str, bytes]]:
     headers = message.headers() or []
     pairs = headers.items() if isinstance(headers, dict) else headers
     return [(name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs]
+
+
+def record_of(message: Message) -> Record:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None  # set on every consumed record
+    return Record(topic, partition, offset, message.timestamp()[1], message.key(), message.value(), tuple(headers_of(message)))
 
 
 ClientConfig = dict[str, str | int | float | bool]

@@ -187,3 +187,16 @@ TASK_COLUMNS = (
     "source_url", "rendition", "source_sha256", "rendition_key", "content_type", "width", "height",
     "size_bytes", "deduplicated", "error_code", "error_message", "created_at", "fetched_at", "completed_at",
 )
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka record as consumed, detached from the client; `timestamp_ms` is its create or log-append time."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()

@@ -29,8 +29,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from . import metrics
 from .backoff import backoff_seconds
 from .events import decode, encode_dead_letter
-from .kafka import PublishError, client_config, headers_of
-from .model import DLQ, Event, EventError, Outgoing
+from .kafka import PublishError, client_config, record_of
+from .model import DLQ, Event, EventError, Outgoing, Record
 from .settings import Settings
 from .topic_plan import MAX_MESSAGE_BYTES
 
@@ -51,24 +51,6 @@ class Publisher(Protocol):
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None) -> None: ...
 
     async def publish_event(self, event: Event, headers: Sequence[tuple[str, bytes]] | None = None, *, topic: str | None = None) -> None: ...
-
-
-@dataclass(frozen=True)
-class Record:
-    """One consumed Kafka record, detached from the client."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, message: Message) -> Record:
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        assert topic is not None and partition is not None and offset is not None  # always set on a consumed record
-        return cls(topic, partition, offset, message.key(), message.value(), headers_of(message))
 
 
 class StageRunner:
@@ -274,7 +256,7 @@ class Subscription:
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("%s: consumer error: %s", self.runner.stage, error)
             return
-        record = Record.of(message)
+        record = record_of(message)
         self._offsets.start(record.topic, record.partition, record.offset)
         task = asyncio.get_running_loop().create_task(self._handle(record))
         self._tasks.add(task)

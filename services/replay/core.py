@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.common.events import decode
-from services.common.model import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, EventError
+from services.common.model import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, EventError, Record
 
 Headers = tuple[tuple[str, bytes], ...]
 REPLAY_HEADER = "thumbs-replay"
@@ -24,19 +24,6 @@ STAGE_TOPICS = {
 
 class ReplayError(Exception):
     """A replay command cannot go ahead; the message tells the operator why."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One Kafka record as read; `timestamp_ms` is the record's (create or log-append) time."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = ()
 
 
 @dataclass(frozen=True)

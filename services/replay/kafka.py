@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from services.common.kafka import KafkaPublisher, client_config, headers_of
+from services.common.kafka import KafkaPublisher, client_config, record_of
+from services.common.model import Record
 from services.common.settings import Settings
 
-from .core import Record, ReplayError, Resend, RewindTarget, epoch_ms, target_offset
+from .core import ReplayError, Resend, RewindTarget, epoch_ms, target_offset
 from .progress import Progress
 
 TIMEOUT_S = 15.0
@@ -68,7 +69,7 @@ class BoundedRead:
                 for message in batch:
                     if message.error() is not None:
                         raise ReplayError(f"reading {self.topic}: {message.error()}")
-                    record = _record(message)
+                    record = record_of(message)
                     if record.offset < open_.get(record.partition, -1):
                         yield record
                 self._close_finished(open_)
@@ -84,12 +85,6 @@ class BoundedRead:
             del open_[tp.partition]
         if finished:
             self._consumer.pause(finished)
-
-
-def _record(message: Message) -> Record:
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    assert topic is not None and partition is not None and offset is not None  # set on every fetched record
-    return Record(topic, partition, offset, message.timestamp()[1], message.key(), message.value(), tuple(headers_of(message)))
 
 
 async def publish_all(settings: Settings, resends: Iterable[Resend], progress: Progress) -> None:

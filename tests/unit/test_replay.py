@@ -11,11 +11,10 @@ import pytest
 
 from services.cli import build_parser
 from services.common.events import encode, encode_dead_letter
-from services.common.model import Event, Requested
+from services.common.model import Event, Record, Requested
 from services.replay.core import (
     REDRIVE_HEADER,
     REPLAY_HEADER,
-    Record,
     ReplayError,
     RewindTarget,
     check_stage_topic,

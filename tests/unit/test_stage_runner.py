@@ -11,7 +11,7 @@ import pytest
 from services.common import stage
 from services.common.events import encode
 from services.common.kafka import PublishError
-from services.common.model import COMPLETED, DLQ, REQUESTED, Completed, Event, Outgoing, Rendition, Requested
+from services.common.model import COMPLETED, DLQ, REQUESTED, Completed, Event, Outgoing, Record, Rendition, Requested
 from services.common.settings import Settings
 from tests.fakes import FakeConsumer, FakeMessage, FakePublisher
 
@@ -29,9 +29,9 @@ class FakeClock:
         self.waits.append(seconds)
 
 
-def requested_record(offset: int = 0) -> stage.Record:
+def requested_record(offset: int = 0) -> Record:
     encoded = encode(Event(TASK, Requested("http://127.0.0.2/a.jpg"), "api"))
-    return stage.Record(REQUESTED, 0, offset, TASK.encode(), encoded.value, list(encoded.headers))
+    return Record(REQUESTED, 0, offset, 0, TASK.encode(), encoded.value, encoded.headers)
 
 
 def completed_output(event: Event) -> list[Outgoing]:
@@ -54,7 +54,7 @@ def dead_letters(publisher: FakePublisher) -> list[dict[str, object]]:
 
 async def test_an_undecodable_record_is_dead_lettered_with_its_reason() -> None:
     publisher = FakePublisher()
-    record = stage.Record(REQUESTED, 2, 41, b"k", b"{not json", [])
+    record = Record(REQUESTED, 2, 41, 0, b"k", b"{not json")
     await runner(publisher, no_outputs).handle(record)
     [letter] = dead_letters(publisher)
     assert (letter["source_topic"], letter["partition"], letter["offset"], letter["stage"]) == (REQUESTED, 2, 41, "test")
@@ -102,7 +102,7 @@ async def test_outputs_are_republished_until_kafka_acknowledges_them() -> None:
 
 async def test_a_dead_letter_is_retried_while_kafka_is_down_and_written_once() -> None:
     publisher, clock = FakePublisher(failures=[PublishError("broker down")] * 30), FakeClock()
-    await runner(publisher, no_outputs, clock).handle(stage.Record(REQUESTED, 0, 5, None, b"\x00garbage", []))
+    await runner(publisher, no_outputs, clock).handle(Record(REQUESTED, 0, 5, 0, None, b"\x00garbage"))
     assert len(clock.waits) == 30
     assert len(dead_letters(publisher)) == 1
 
@@ -110,7 +110,7 @@ async def test_a_dead_letter_is_retried_while_kafka_is_down_and_written_once() -
 async def test_an_error_of_the_edge_itself_propagates_instead_of_passing_for_handled() -> None:
     publisher = FakePublisher(failures=[RuntimeError("a bug in the dead-letter path")])
     with pytest.raises(RuntimeError):
-        await runner(publisher, no_outputs).handle(stage.Record(REQUESTED, 0, 5, None, b"garbage", []))
+        await runner(publisher, no_outputs).handle(Record(REQUESTED, 0, 5, 0, None, b"garbage"))
 
 
 async def test_an_edge_failure_stops_the_stage_and_never_commits_past_the_record() -> None:
