@@ -164,13 +164,13 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
         for name in names or self.names:
             instance = _instance(name)
-            log = open(log_dir / f"{name}.log", "ab")
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", instance.stage],
-                env={**os.environ, **self.env,
-                     **instance.environment(self.settings, member_id=name if self.static_members else "")},
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            )
+            with open(log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", instance.stage],
+                    env={**os.environ, **self.env,
+                         **instance.environment(self.settings, member_id=name if self.static_members else "")},
+                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                )
 
     def stop(self, *names: str, kill: bool = False) -> None:
         for name in names or tuple(self.processes):

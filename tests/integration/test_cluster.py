@@ -249,10 +249,13 @@ def test_rolling_restart_of_every_stage_instance_under_load(stack: Stack) -> Non
                       if isinstance(e.payload, Completed) and not e.payload.deduplicated
                       and e.payload.source_sha256 in mine)
     assert renders == Counter({sha: 1 for sha in mine}), renders.most_common(3)
-    # Each instance let its partitions go once, when it was itself stopped (one revoke per subscription).
-    own = {"fetcher": 2, "resizer": 1, "projector": 1}
+    # No rebalance storm: an instance lets its partitions go when it is itself stopped (a revoke per
+    # subscription), and at most once more when a restarted member was the group's leader, whose rejoin
+    # makes the coordinator rebalance (with dynamic membership, every stop and every start rebalances the group).
+    own = {name: {"fetcher": 2}.get(name.split("-")[0], 1) for name in stages}
     revokes = {name: path.read_text(errors="replace").count(": revoked ") - before[name] for name, path in logs.items()}
-    assert revokes == {name: own[name.split("-")[0]] for name in stages}, revokes
+    assert all(revokes[name] <= own[name] + 1 for name in stages), revokes
+    assert sum(revokes.values()) <= sum(own.values()) + 2, revokes
 
 
 def _serves_metrics(stack: Stack, name: str) -> bool:
