@@ -85,11 +85,14 @@ class StageRunner:
         async for attempt in self._retrying(message, self._transient):
             with attempt:
                 outputs, problem = await self._call_core(event, message)
-                if problem is None:
-                    await asyncio.gather(*(self._publisher.publish_event(o.event, o.headers, topic=o.topic) for o in outputs))
         if problem is not None:
             await self._dead_letter(message, problem)
             return
+        # Outputs are published again on their own: calling the core again would redo its effects (and
+        # answer "deduplicated" for a thumbnail it has just stored).
+        async for attempt in self._retrying(message, self._transient):
+            with attempt:
+                await asyncio.gather(*(self._publisher.publish_event(o.event, o.headers, topic=o.topic) for o in outputs))
         metrics.count_outputs(self.stage, outputs)
         metrics.STAGE_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
 

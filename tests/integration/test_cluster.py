@@ -216,6 +216,7 @@ def test_broker_and_node_killed_mid_load_lose_nothing(cluster: Cluster, stack: S
                       if isinstance(e.payload, Completed) and not e.payload.deduplicated)
     distinct = {load.statuses[t]["source_sha256"] for t in load.accepted}
     assert set(renders) == distinct and max(renders.values()) == 1, renders.most_common(3)
+    assert sum(stack.metric(name, "thumbs_resizes_total") for name in ("resizer", "resizer-2")) == len(distinct)
     # both instances of every stage took part
     for name in INSTANCES[1:]:
         assert stack.metric(name, "thumbs_events_in_total") > 0, f"{name} handled nothing"

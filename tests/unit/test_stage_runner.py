@@ -150,3 +150,16 @@ async def test_a_clean_run_commits_past_every_handled_record() -> None:
     await asyncio.wait_for(running, timeout=20)
     assert not subscription.failed and consumer.closed
     assert max(offset for _t, _p, offset in consumer.commits) == 3
+
+
+async def test_a_failed_publish_does_not_run_the_core_again() -> None:
+    calls = 0
+
+    async def complete_once(event: Event, _headers: Mapping[str, bytes]) -> list[Outgoing]:
+        nonlocal calls
+        calls += 1
+        return completed_output(event)
+
+    publisher = FakePublisher(failures=[PublishError("broker down")] * 3)
+    await runner(publisher, complete_once).handle(requested_record())
+    assert calls == 1 and [e.type for e in publisher.events] == [COMPLETED]
