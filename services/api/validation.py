@@ -33,14 +33,23 @@ def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendit
     return _source_url(document.get("source_image_url")), _rendition(document)
 
 
+# What ECMA-262 regular expressions (those of the OpenAPI document) call whitespace, beyond ASCII.
+_NOT_IN_URLS = frozenset("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                         "\u2028\u2029\u202f\u205f\u3000\ufeff")
+
+
 def _source_url(given: Any) -> str:
     if given is None:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url is required")
     if not isinstance(given, str):
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must be a string")
-    url = given.strip()
+    url = given
     if not url:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must not be empty")
+    if any(c in _NOT_IN_URLS or c < "\x21" or c == "\x7f" for c in url):
+        # A URL carries spaces as %20; raw blanks and control bytes are a classic way to smuggle a second
+        # host past a parser, and the OpenAPI pattern (ECMA-262 \s) refuses exactly these.
+        raise ApiError(422, "INVALID_REQUEST", "source_image_url must not contain spaces or control characters")
     if len(url) > MAX_URL_LENGTH:
         raise ApiError(422, "INVALID_REQUEST", f"source_image_url is longer than {MAX_URL_LENGTH} characters")
     if not has_web_scheme(url):

@@ -10,6 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
+# Servers this process started and may have to reap; kept so that no handle is collected (with a
+# "still running" warning) while the server it names is meant to outlive us.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def spawn(argv: Sequence[str], *, cwd: Path, output: Path, pid_file: Path) -> int:
     """Starts `argv` in its own session (it outlives the caller) and records its pid."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -18,6 +23,7 @@ def spawn(argv: Sequence[str], *, cwd: Path, output: Path, pid_file: Path) -> in
             list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
+    _children[proc.pid] = proc
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -95,5 +101,10 @@ def _signal(pid: int, signum: int) -> None:
 def _reap(pids: Sequence[int]) -> None:
     # When the caller itself spawned a server, collect it so it does not linger as a zombie.
     for pid in pids:
+        child = _children.get(pid)
+        if child is not None:
+            if child.poll() is not None:
+                del _children[pid]
+            continue
         with contextlib.suppress(ChildProcessError):  # not our child: init reaps it
             os.waitpid(pid, os.WNOHANG)

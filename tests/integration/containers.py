@@ -1,6 +1,7 @@
 """Kafka and Cassandra in throwaway containers, used by the fixtures when a Docker engine answers."""
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,9 @@ STARTUP_TIMEOUT = 180
 
 def docker_answers(timeout: float = 3.0) -> bool:
     """True when a Docker engine answers a ping (what testcontainers needs), within `timeout` seconds."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not _unix_socket_answers(host.removeprefix("unix://"), timeout):
+        return False  # asked through the SDK instead, a refused socket is left open behind the error
     try:
         import docker
 
@@ -23,6 +27,16 @@ def docker_answers(timeout: float = 3.0) -> bool:
             client.close()
     except Exception:  # noqa: BLE001 - no socket, no permission, no engine: all mean "no Docker"
         return False
+
+
+def _unix_socket_answers(path: str, timeout: float) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _free_port() -> int:

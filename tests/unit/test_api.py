@@ -58,6 +58,9 @@ def test_post_accepts_a_rendition(client: TestClient, ports) -> None:
         ({"json": {"source_image_url": "ftp://127.0.0.1/a.jpg"}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "file:///etc/passwd"}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "javascript:alert(1)"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/b c.jpg"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "httP://\u001c"}}, 422, "INVALID_REQUEST"),  # a fuzzer's find
+        ({"json": {"source_image_url": " http://a/b.jpg"}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "http:///nohost"}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "http://a/" + "x" * 2048}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "http://a/", "width": 0}}, 422, "INVALID_REQUEST"),
