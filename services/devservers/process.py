@@ -9,7 +9,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-
 # Servers this process started and may have to reap; kept so that no handle is collected (with a
 # "still running" warning) while the server it names is meant to outlive us.
 _children: dict[int, subprocess.Popen[bytes]] = {}
