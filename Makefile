@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 THUMBS := $(VENV)/bin/thumbs
 PYTEST_ARGS ?=
 
-.PHONY: install servers stop status run test
+.PHONY: install servers stop status run test lock
 
-# The stamp makes `install` a no-op until pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The stamp makes `install` a no-op until a pyproject.toml changes; devtools/ is the local tooling (servers, run).
+$(VENV)/.installed: pyproject.toml devtools/pyproject.toml
 	$(PYTHON3) -c 'import sys; sys.exit("Python 3.11+ is required" if sys.version_info < (3, 11) else 0)'
 	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./devtools
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,3 +30,9 @@ run: servers
 
 test: servers
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The image's runtime dependencies, pinned with hashes (deploy/Dockerfile); rerun after changing them in pyproject.toml.
+lock: install
+	$(PY) -m pip install -q pip-tools
+	CUSTOM_COMPILE_COMMAND='make lock' $(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe \
+		--no-emit-find-links --no-emit-index-url -o deploy/requirements.lock pyproject.toml

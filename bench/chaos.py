@@ -31,8 +31,6 @@ from services.common.cassandra import migrate
 from services.common.model import Completed
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
-from services.devservers.lifecycle import all_servers, ensure_running, start_servers
-from services.devservers.process import running_pid
 from tests.integration.stack import (
     ImageServer,
     Stack,
@@ -41,6 +39,8 @@ from tests.integration.stack import (
     isolated_env,
     settings_of,
 )
+from thumbs_devtools.lifecycle import all_servers, ensure_running, start_servers
+from thumbs_devtools.process import running_pid
 
 FAULTS = ("fetcher", "resizer", "projector", "api", "kafka", "cassandra")
 TERMINAL = ("SUCCESS", "FAILURE")

@@ -22,8 +22,8 @@ from services.common.cassandra import migrate
 from services.common.model import COMPLETED, FAILED
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
-from services.devservers.lifecycle import ensure_running
 from tests.integration.stack import ImageServer, Stack, drop_environment, isolated_env, settings_of
+from thumbs_devtools.lifecycle import ensure_running
 
 IMAGE_HOST = "127.0.0.2"
 SERVER_VARIABLES = ("THUMBS_KAFKA_BOOTSTRAP", "THUMBS_CASSANDRA_HOSTS", "THUMBS_CASSANDRA_PORT")
@@ -37,7 +37,7 @@ def server_settings() -> tuple[Settings, str]:
         return Settings.from_env(), "from THUMBS_* environment"
     settings = Settings()
     ensure_running(settings, say=lambda line: print(f"  servers: {line}"))
-    return settings, "local servers (services.devservers)"
+    return settings, "local servers (thumbs_devtools)"
 
 
 def with_comment(jpeg: bytes, tag: bytes) -> bytes:

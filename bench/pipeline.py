@@ -9,7 +9,7 @@ path is the old system's. Both come from bench.resize_core.measure on the same s
 Then the real processes (`python -m services.cli api|fetcher|resizer|projector`) start with their
 own topic prefix, keyspace and ports, one resize worker per core, against the Kafka and Cassandra
 named by THUMBS_KAFKA_BOOTSTRAP / THUMBS_CASSANDRA_HOSTS / THUMBS_CASSANDRA_PORT, or else the local
-servers of services.devservers (started if they do not answer). Topics and keyspace are dropped at
+servers of thumbs_devtools (started if they do not answer). Topics and keyspace are dropped at
 the end (`--keep` leaves them).
 
 Distinct images, cheaply: a few base JPEGs come from bench/corpus.py; each task's image is a base
@@ -63,7 +63,7 @@ from bench.corpus import photo
 from bench.harness import Bases, ImageOrigin, Pipeline, server_settings
 from bench.procstat import Window
 from bench.resize_core import PATHS, corpus, measure
-from services.devservers import versions
+from thumbs_devtools import versions
 
 OUT = Path(__file__).resolve().parent / "out"
 PIPELINE_GROUPS = ("api", "fetcher", "resizer", "resizer-pool", "projector")

@@ -1,14 +1,19 @@
-"""`thumbs`: one command for every process, the set-up steps, and the local servers."""
+"""`thumbs`: one command for every process and the set-up steps (the local servers come with thumbs-devtools)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points, version
+from typing import Any
 
 from services.common.settings import Settings, SettingsError, documented, effective
-from services.devservers import commands as servers
 from services.replay import commands as replay
+
+# Other installed distributions add subcommands here (thumbs-devtools: `servers` and `run`); a production install
+# has none, so local tooling cannot run there.
+COMMAND_GROUP = "thumbs.commands"
 
 
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
@@ -50,17 +55,6 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from services.supervisor import ScaleError, parse_scale, run_all
-
-    try:
-        scale = parse_scale(args.scale)
-    except ScaleError as exc:
-        print(f"thumbs: {exc}", file=sys.stderr)
-        return 2
-    return run_all(settings, scale)
-
-
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     docs = {name: doc for name, _default, doc in documented()}
     for name, value in effective(settings):
@@ -73,7 +67,6 @@ COMMANDS = {
     "fetcher": ("run a fetcher stage process", _stage("fetcher")),
     "resizer": ("run a resizer stage process", _stage("resizer")),
     "projector": ("run a projector stage process", _stage("projector")),
-    "run": ("create topics and tables, then run the API and every stage until Ctrl-C", _run),
     "topics": ("create or verify the Kafka topics and their configs", _topics),
     "migrate": ("create or update the Cassandra keyspace and tables", _migrate),
     "settings": ("list every THUMBS_* setting with its effective value (secrets masked)", _settings),
@@ -82,20 +75,25 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thumbs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('thumbs')}")
     commands = parser.add_subparsers(dest="command", required=True)
     parsers = {}
     for name, (help_text, handler) in COMMANDS.items():
         parsers[name] = commands.add_parser(name, help=help_text)
         parsers[name].set_defaults(handler=handler)
-    parsers["run"].add_argument("--scale", default="", metavar="STAGE=N,...",
-                                help="instances per stage, e.g. fetcher=2,resizer=2 (they share one consumer group)")
     topics_mode = parsers["topics"].add_mutually_exclusive_group()
     topics_mode.add_argument("--dry-run", action="store_true", help="only report: create and change nothing")
     topics_mode.add_argument("--apply", action="store_true",
                              help="also change existing topics: set differing configs, grow partitions")
     replay.register(commands)
-    servers.register(commands)
+    register_installed(commands)
     return parser
+
+
+def register_installed(subparsers: Any) -> None:
+    """Subcommands of other installed distributions: each entry point names a `register(subparsers)` function."""
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

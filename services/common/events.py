@@ -1,7 +1,8 @@
 """The pipeline's events, defined once: envelope, payloads, and the JSON codec every process shares.
 
-Each event type and version has a JSON Schema under `schemas/`; `decode` validates against it, so
-what the code accepts is exactly what the published contract allows (unknown fields are ignored).
+Each event type and version has a JSON Schema under `schemas/` (installed as the package `services.contract`);
+`decode` validates against it, so what the code accepts is exactly what the published contract allows
+(unknown fields are ignored).
 
 Events are JSON record values, except `thumbnail.fetched` v2: its value is the source image itself and
 its JSON rides in the `thumbs-event` header, so megabytes of image are neither base64-encoded nor parsed
@@ -16,14 +17,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import jsonschema_rs
 
 from .model import _PAYLOAD_TYPES, FETCHED, Event, EventError, Fetched, Rendition, now_iso
-from .settings import REPO_ROOT
 
-SCHEMA_DIR = REPO_ROOT / "schemas"
+# pyproject.toml maps the repository's schemas/ to this package, so an installed wheel carries the contract.
+SCHEMA_PACKAGE = "services.contract"
 
 EVENT_HEADER = "thumbs-event"  # carries the event's JSON when the record value is an image
 
@@ -151,7 +154,7 @@ def fields_of(cls: type) -> set[str]:
 def _validators() -> dict[tuple[str, int], jsonschema_rs.Draft202012Validator]:
     # jsonschema-rs, not the pure-Python jsonschema: every stage validates every record it consumes,
     # and this takes ~3 us per event where jsonschema took ~390 us.
-    documents = {path.name: json.loads(path.read_text()) for path in sorted(SCHEMA_DIR.glob("*.json"))}
+    documents = schema_documents()
     registry = jsonschema_rs.Registry([(schema["$id"], schema) for schema in documents.values()])
     return {
         (schema["x-event-type"], schema["x-event-version"]):
@@ -160,10 +163,16 @@ def _validators() -> dict[tuple[str, int], jsonschema_rs.Draft202012Validator]:
     }
 
 
+def schema_files() -> list[Traversable]:
+    """Every schema file of the contract, by name; from the source tree or an installed wheel alike."""
+    return sorted((f for f in files(SCHEMA_PACKAGE).iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+
+
+def schema_documents() -> dict[str, dict[str, Any]]:
+    """File name → parsed schema, for every schema file."""
+    return {f.name: json.loads(f.read_text(encoding="utf-8")) for f in schema_files()}
+
+
 def schema_examples() -> list[tuple[str, dict[str, Any]]]:
     """(file name, example) for every example in the schema files, for the contract tests."""
-    out = []
-    for path in sorted(SCHEMA_DIR.glob("*.json")):
-        for example in json.loads(path.read_text()).get("examples", []):
-            out.append((path.name, example))
-    return out
+    return [(name, example) for name, schema in schema_documents().items() for example in schema.get("examples", [])]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 PREFIX = "THUMBS_"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SettingsError(ValueError):
@@ -36,6 +35,16 @@ def _setting(default: Any, doc: str, cast: Callable[[str], Any] | None = None, *
              secret: bool = False) -> Any:
     """A field read from THUMBS_<NAME>; `choices` are checked at load; a secret is masked wherever it is shown."""
     return field(default=default, repr=not secret, metadata={"doc": doc, "cast": cast, "choices": choices, "secret": secret})
+
+
+def _computed(factory: Callable[[], Any], shown: str, doc: str, cast: Callable[[str], Any] | None = None) -> Any:
+    """A setting whose default is made when the settings are loaded; `shown` is how the docs print it."""
+    return field(default_factory=factory, metadata={"doc": doc, "cast": cast, "choices": (), "secret": False, "shown": shown})
+
+
+def _working_state_dir() -> Path:
+    # The process's working directory, not the code's location: an installed package has no repository beside it.
+    return Path.cwd() / ".thumbs"
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,11 @@ class Settings:
         "a restart within the session timeout moves no partitions. Empty: dynamic membership."
     )
     renderer_version: int = _setting(1, "Bump to re-render every thumbnail on the next replay of thumbnail.fetched.")
-    state_dir: Path = _setting(REPO_ROOT / ".thumbs", "Folder for local server data, logs, caches and worker state.", Path)
+    state_dir: Path = _computed(
+        _working_state_dir, "./.thumbs", "Folder for local server data, logs, caches and worker state "
+        "(`.thumbs` in the working directory, made absolute at load: `<repo>/.thumbs` when run from the repository root).",
+        Path,
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -146,10 +159,8 @@ def documented() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting, for the README table and `thumbs settings`."""
     rows = []
     for f in fields(Settings):
-        default = f.default
+        default = f.metadata.get("shown", f.default)
         if isinstance(default, tuple):
             default = ",".join(str(d) for d in default)
-        if isinstance(default, Path):
-            default = "<repo>/.thumbs"
         rows.append((PREFIX + f.name.upper(), str(default), f.metadata["doc"]))
     return rows

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.common.settings import Settings
-from services.devservers.lifecycle import ensure_running
+from thumbs_devtools.lifecycle import ensure_running
 
 from .containers import cassandra_container, docker_answers, kafka_container
 from .stack import ImageServer, Stack

@@ -6,8 +6,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from services.devservers.kafka import MAX_MESSAGE_BYTES
-from services.devservers.versions import load as load_versions
+from thumbs_devtools.kafka import MAX_MESSAGE_BYTES
+from thumbs_devtools.versions import load as load_versions
 
 STARTUP_TIMEOUT = 180
 

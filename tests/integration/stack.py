@@ -24,7 +24,7 @@ from services.common.kafka import client_config
 from services.common.model import COMPLETED, Event
 from services.common.settings import PREFIX, Settings
 from services.common.topics import ensure_topics
-from services.supervisor import Instance
+from thumbs_devtools.supervisor import Instance
 
 REPO = Path(__file__).resolve().parents[2]
 

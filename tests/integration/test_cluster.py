@@ -24,11 +24,11 @@ from confluent_kafka.admin import AdminClient
 from services.common.kafka import client_config
 from services.common.model import Completed
 from services.common.settings import Settings
-from services.devservers.commands import environment
-from services.devservers.lifecycle import all_servers, ensure_running, start_servers, stop_servers
-from services.devservers.process import running_pid
-from services.devservers.server import Server
-from services.devservers.topology import choose
+from thumbs_devtools.commands import environment
+from thumbs_devtools.lifecycle import all_servers, ensure_running, start_servers, stop_servers
+from thumbs_devtools.process import running_pid
+from thumbs_devtools.server import Server
+from thumbs_devtools.topology import choose
 
 from .stack import ImageServer, Stack, completed_events, running_stack, wait_for
 from .test_crash_recovery import with_comment

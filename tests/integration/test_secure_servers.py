@@ -18,9 +18,9 @@ from PIL import Image
 from services.common.cassandra import connect, migrate
 from services.common.kafka import client_config
 from services.common.settings import PREFIX, Settings
-from services.devservers.commands import environment
-from services.devservers.lifecycle import all_servers, ensure_running, stop_servers
-from services.devservers.topology import choose
+from thumbs_devtools.commands import environment
+from thumbs_devtools.lifecycle import all_servers, ensure_running, stop_servers
+from thumbs_devtools.topology import choose
 
 from .stack import ImageServer, Stack, poll_terminal, running_stack
 

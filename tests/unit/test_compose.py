@@ -1,13 +1,15 @@
 """docker-compose.yml is valid Compose and wires the system in the right order."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import compose_spec
 import pytest
 
-from services.devservers.versions import load as load_versions
+from services.cli import COMMANDS
+from thumbs_devtools.versions import load as load_versions
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 STAGES = ("api", "fetcher", "resizer", "projector")
@@ -80,3 +82,11 @@ def test_kafka_takes_inline_images(compose: dict[str, Any]) -> None:
     env = compose["services"]["kafka"]["environment"]
     assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) >= 32 * 1024 * 1024
     assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+
+
+def test_containers_run_only_commands_of_the_service_package(compose: dict[str, Any]) -> None:
+    # The image holds the service's wheel alone: `thumbs run` and `thumbs servers` (thumbs-devtools) are not in it.
+    for name, service in compose["services"].items():
+        command = service.get("command", [])
+        for used in re.findall(r"\bthumbs (\w+)", command if isinstance(command, str) else " ".join(command)):
+            assert used in COMMANDS, f"{name}: thumbs {used}"

@@ -20,8 +20,10 @@ def _modules() -> list[str]:
     import pkgutil
 
     import services
+    import thumbs_devtools
 
-    return sorted(m.name for m in pkgutil.walk_packages(services.__path__, "services."))
+    return sorted(m.name for package in (services, thumbs_devtools)
+                  for m in pkgutil.walk_packages(package.__path__, f"{package.__name__}."))
 
 
 @pytest.mark.parametrize("module", _modules())

@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from services.common.settings import Settings
-from services.devservers import commands, maven, tls
-from services.devservers.cassandra import Cassandra, cassandra_yaml, ring_token, secure_jvm_flags
-from services.devservers.kafka import MAX_MESSAGE_BYTES, Kafka, cluster_id, server_properties
-from services.devservers.lifecycle import all_servers
-from services.devservers.topology import Topology, TopologyError, choose, save
-from services.devservers.versions import Versions, load, parse_env_file
+from thumbs_devtools import commands, maven, tls
+from thumbs_devtools.cassandra import Cassandra, cassandra_yaml, ring_token, secure_jvm_flags
+from thumbs_devtools.kafka import MAX_MESSAGE_BYTES, Kafka, cluster_id, server_properties
+from thumbs_devtools.lifecycle import all_servers
+from thumbs_devtools.topology import Topology, TopologyError, choose, save
+from thumbs_devtools.versions import Versions, load, parse_env_file
 
 VERSIONS = Versions(kafka="4.1.1", kafka_log4j="2.24.3", cassandra="5.0.9")
 SINGLE = Topology(1, 1, "AAAAAAAAAAAAAAAAAAAAAA")

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
-from services.common.events import EVENT_HEADER, SCHEMA_DIR, decode, encode, encode_dead_letter, schema_examples
+from services.common.events import EVENT_HEADER, decode, encode, encode_dead_letter, schema_documents, schema_examples
 from services.common.model import Completed, Event, EventError, Failed, Fetched, Rendition, Requested
 
 TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"
@@ -14,12 +14,12 @@ SHA = "ef" * 32
 
 
 def _registry() -> Registry:
-    schemas = [json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.json")]
+    schemas = schema_documents().values()
     return Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas)
 
 
 def _schema(name: str) -> dict:
-    return json.loads((SCHEMA_DIR / name).read_text())
+    return schema_documents()[name]
 
 
 PRODUCED = [

@@ -29,3 +29,9 @@ def test_readme_documents_every_setting_with_its_default() -> None:
     text = README.read_text()
     for name, default, _doc in documented():
         assert f"| `{name}` | `{default}` |" in text or (not default and f"| `{name}` | (empty) |" in text), name
+
+
+def test_state_dir_defaults_to_the_working_directory_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({}).state_dir == tmp_path.resolve() / ".thumbs"
+    assert Settings.from_env({"THUMBS_STATE_DIR": "/srv/thumbs"}).state_dir == Path("/srv/thumbs")

@@ -1,12 +1,12 @@
-"""Server versions, pinned once in deploy/servers/versions.env."""
+"""Server versions, pinned once in deploy/servers/versions.env of the repository."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.settings import REPO_ROOT
-
-SERVERS_DIR = REPO_ROOT / "deploy" / "servers"
+# Read from the repository, not shipped as package data: docker-compose.yml and the README name these files,
+# and this tooling only runs from a checkout (`make` and CI install it editable), so one copy serves all.
+SERVERS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "servers"
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 
 def load(path: Path = SERVERS_DIR / "versions.env") -> Versions:
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: thumbs-devtools runs from a repository checkout (pip install -e ./devtools)")
     values = parse_env_file(path.read_text())
     try:
         return Versions(values["KAFKA_VERSION"], values["KAFKA_LOG4J_VERSION"], values["CASSANDRA_VERSION"])

@@ -1,6 +1,7 @@
 """`thumbs run`: the API and every stage as child processes in the foreground, restarted if one dies."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from services.common.settings import PREFIX, Settings
 
@@ -52,6 +54,23 @@ class Instance:
         base = getattr(settings, field)
         port = base + METRICS_PORT_STEP * (self.number - 1) if base else 0
         return {PREFIX + field.upper(): str(port), **({PREFIX + "INSTANCE": member_id} if member_id else {})}
+
+
+def register(subparsers: Any) -> None:
+    """Adds `run` to a parser's subcommands (the `thumbs.commands` entry point); its handler is (settings, args) -> int."""
+    run = subparsers.add_parser("run", help="create topics and tables, then run the API and every stage until Ctrl-C")
+    run.set_defaults(handler=_run)
+    run.add_argument("--scale", default="", metavar="STAGE=N,...",
+                     help="instances per stage, e.g. fetcher=2,resizer=2 (they share one consumer group)")
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        scale = parse_scale(args.scale)
+    except ScaleError as exc:
+        print(f"thumbs: {exc}", file=sys.stderr)
+        return 2
+    return run_all(settings, scale)
 
 
 def instances(scale: dict[str, int]) -> list[Instance]:
