@@ -1,11 +1,11 @@
 """Local Cassandra 5.0 nodes (one on 127.0.0.1, or a ring on 127.0.0.11, .12, ...), tuned to start fast."""
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from services.common.cassandra import cluster_options
 from services.common.settings import Settings
 
 from . import tls
@@ -130,10 +130,11 @@ class Cassandra:
         if not port_open(self.host, port):
             return False
         material = server_material(self.settings, self.topology)
-        # Until the default superuser exists (shortly after start-up) the login fails: not ready yet.
-        credentials = (tls.CASSANDRA_USER, tls.CASSANDRA_PASSWORD) if material else None
-        return query_answers((self.host,), port, peers=self.topology.cassandra_nodes - 1, credentials=credentials,
-                             ca_location=material.ca_pem if material else None)
+        # The probe connects as the service will (until the default superuser exists, shortly after
+        # start-up, a secure node's login fails: not ready yet).
+        settings = tls.as_settings({"CASSANDRA_HOSTS": self.host, "CASSANDRA_PORT": str(port),
+                                    **(tls.client_settings(material) if material else {})})
+        return query_answers(settings, peers=self.topology.cassandra_nodes - 1)
 
     def _lib(self, say: Say) -> Path:
         cache = self.settings.state_dir / "cache" / f"cassandra-{self.versions.cassandra}"
@@ -220,21 +221,11 @@ def logback_xml(log_file: Path) -> str:
 """
 
 
-def query_answers(hosts: tuple[str, ...], port: int, timeout: float = 5.0, *, peers: int = 0,
-                  credentials: tuple[str, str] | None = None, ca_location: Path | None = None) -> bool:
-    """True when a CQL session can read `release_version` from system.local and the node knows `peers` others.
+def query_answers(settings: Settings, timeout: float = 5.0, *, peers: int = 0) -> bool:
+    """True when the node(s) of `settings` serve a CQL read of system.local and know `peers` other nodes."""
+    from cassandra.cluster import Cluster  # only probes need the driver
 
-    With `credentials` it logs in; with `ca_location` it speaks TLS and checks the node's certificate.
-    """
-    from cassandra.auth import PlainTextAuthProvider  # only probes need the driver
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import RoundRobinPolicy
-
-    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout)
-    cluster = Cluster(list(hosts), port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-                      connect_timeout=timeout, control_connection_timeout=timeout, protocol_version=5,
-                      auth_provider=PlainTextAuthProvider(*credentials) if credentials else None,
-                      ssl_context=ssl.create_default_context(cafile=str(ca_location)) if ca_location else None)
+    cluster = Cluster(**cluster_options(settings, timeout), control_connection_timeout=timeout)
     try:
         session = cluster.connect()
         if session.execute("SELECT release_version FROM system.local").one() is None:

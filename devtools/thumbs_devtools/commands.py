@@ -14,7 +14,7 @@ from services.common.settings import PREFIX, Settings
 
 from . import tls
 from .cassandra import DATACENTER, node_hosts, server_material
-from .kafka import HOST, SASL_MECHANISM, broker_port
+from .kafka import HOST, broker_port
 from .lifecycle import ServersError, all_servers, describe, ensure_running, stop_servers
 from .process import running_pid, tail
 from .topology import Topology, TopologyError, choose, current, topology_file
@@ -83,22 +83,8 @@ def environment(settings: Settings, topology: Topology) -> dict[str, str]:
     }
     material = server_material(settings, topology)
     if material:
-        values |= security_environment(material)
+        values |= tls.client_settings(material)
     return {PREFIX + name: value for name, value in values.items()}
-
-
-def security_environment(material: tls.Material) -> dict[str, str]:
-    """The logins and the CA of the secure servers (unprefixed names; the passwords are the servers' own)."""
-    return {
-        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "KAFKA_SASL_MECHANISM": SASL_MECHANISM,
-        "KAFKA_SASL_USERNAME": tls.KAFKA_USER,
-        "KAFKA_SASL_PASSWORD": material.kafka_password,
-        "KAFKA_SSL_CA_LOCATION": str(material.ca_pem),
-        "CASSANDRA_USERNAME": tls.CASSANDRA_USER,
-        "CASSANDRA_PASSWORD": tls.CASSANDRA_PASSWORD,
-        "CASSANDRA_SSL_CA_LOCATION": str(material.ca_pem),
-    }
 
 
 def env(settings: Settings, _args: argparse.Namespace) -> int:

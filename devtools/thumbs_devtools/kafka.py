@@ -4,11 +4,11 @@ from __future__ import annotations
 import base64
 import subprocess
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from services.common.kafka import client_config
 from services.common.settings import Settings
 
 from . import tls
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .topology import Topology
 
 HOST = "127.0.0.1"
-SASL_MECHANISM = "SCRAM-SHA-512"
 # thumbnail.fetched records carry a source image (up to 20 MiB) and its event header.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 JVM_FLAGS = (
@@ -95,7 +94,9 @@ class Kafka:
         if not port_open(HOST, self.port):
             return False
         material = server_material(self.settings, self.topology)
-        return metadata_answers(self.address(), security=client_security(material) if material else None)
+        # The probe connects as the service will: its own client settings, pointed at this broker alone.
+        return metadata_answers(tls.as_settings({"KAFKA_BOOTSTRAP": self.address(),
+                                                 **(tls.client_settings(material) if material else {})}))
 
     def _lib(self, say: Say) -> Path:
         cache = self.settings.state_dir / "cache" / f"kafka-{self.versions.kafka}"
@@ -109,7 +110,7 @@ class Kafka:
                 "kafka.tools.StorageTool", "format", "-t", self.topology.kafka_cluster_id, "-c", str(properties)]
         if material:
             # SCRAM credentials live in the metadata log; formatting writes the first user's there before any start.
-            argv += ["--add-scram", f"{SASL_MECHANISM}=[name={tls.KAFKA_USER},password={material.kafka_password}]"]
+            argv += ["--add-scram", f"{tls.SASL_MECHANISM}=[name={tls.KAFKA_USER},password={material.kafka_password}]"]
         done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
             output = done.stdout + done.stderr
@@ -186,9 +187,9 @@ def secure_properties(port: int, controller: int, material: tls.Material) -> dic
         "advertised.listeners": f"SASL_SSL://{HOST}:{port}",
         "inter.broker.listener.name": "SASL_SSL",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
-        "sasl.enabled.mechanisms": SASL_MECHANISM,
-        "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
-        f"listener.name.sasl_ssl.{SASL_MECHANISM.lower()}.sasl.jaas.config": jaas,
+        "sasl.enabled.mechanisms": tls.SASL_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": tls.SASL_MECHANISM,
+        f"listener.name.sasl_ssl.{tls.SASL_MECHANISM.lower()}.sasl.jaas.config": jaas,
         "ssl.keystore.type": "PKCS12",
         "ssl.keystore.location": str(material.keystore),
         "ssl.keystore.password": material.store_password,
@@ -200,17 +201,6 @@ def secure_properties(port: int, controller: int, material: tls.Material) -> dic
         # Raft votes and broker registrations arrive over the plain controller listener as User:ANONYMOUS;
         # without it the quorum never forms (AuthorizerNotReadyException on VOTE).
         "super.users": f"User:{tls.KAFKA_USER};User:ANONYMOUS",
-    }
-
-
-def client_security(material: tls.Material) -> dict[str, str]:
-    """librdkafka settings that log in to the secure brokers as the admin user."""
-    return {
-        "security.protocol": "SASL_SSL",
-        "sasl.mechanisms": SASL_MECHANISM,
-        "sasl.username": tls.KAFKA_USER,
-        "sasl.password": material.kafka_password,
-        "ssl.ca.location": str(material.ca_pem),
     }
 
 
@@ -238,13 +228,12 @@ logger.request.level = WARN
 """
 
 
-def metadata_answers(bootstrap: str, timeout: float = 5.0, security: Mapping[str, str] | None = None) -> bool:
-    """True when the broker answers a metadata request (what every client does first), over `security` if given."""
+def metadata_answers(settings: Settings, timeout: float = 5.0) -> bool:
+    """True when the brokers of `settings` answer a metadata request (what every client does first)."""
     from confluent_kafka.admin import AdminClient  # imported late: only probes need it
 
     # log_level 0 keeps librdkafka quiet about refused connections while the broker boots.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": int(timeout * 1000),
-                         **(security or {})})
+    admin = AdminClient({**client_config(settings), "log_level": 0, "socket.timeout.ms": int(timeout * 1000)})
     try:
         admin.list_topics(timeout=timeout)
     except Exception:  # noqa: BLE001 - any failure means "not answering yet"

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.common.settings import PREFIX, Settings
+
 if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -21,6 +23,7 @@ KEYSTORE = "server.p12"  # the server key and certificate, then the CA: what Kaf
 TRUSTSTORE = "truststore.p12"  # only the CA: what the brokers trust when they talk to each other
 SECRETS = "secrets.json"
 KAFKA_USER = "admin"
+SASL_MECHANISM = "SCRAM-SHA-512"
 # Cassandra creates this superuser itself on first start; a throwaway local node keeps its well-known password.
 CASSANDRA_USER = CASSANDRA_PASSWORD = "cassandra"
 VALID_DAYS = 3650
@@ -167,3 +170,22 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as sink:
         sink.write(data)
+
+
+def client_settings(material: Material) -> dict[str, str]:
+    """The THUMBS_* settings (unprefixed) that log in to the secure servers: their users, passwords and CA."""
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": SASL_MECHANISM,
+        "KAFKA_SASL_USERNAME": KAFKA_USER,
+        "KAFKA_SASL_PASSWORD": material.kafka_password,
+        "KAFKA_SSL_CA_LOCATION": str(material.ca_pem),
+        "CASSANDRA_USERNAME": CASSANDRA_USER,
+        "CASSANDRA_PASSWORD": CASSANDRA_PASSWORD,
+        "CASSANDRA_SSL_CA_LOCATION": str(material.ca_pem),
+    }
+
+
+def as_settings(values: dict[str, str]) -> Settings:
+    """Settings from unprefixed THUMBS_* names, the way a process configured by `thumbs servers env` sees them."""
+    return Settings.from_env({PREFIX + name: value for name, value in values.items()})
