@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,15 +30,23 @@ from .model import _PAYLOAD_TYPES, FETCHED, Event, EventError, Fetched, Renditio
 SCHEMA_PACKAGE = "services.contract"
 
 EVENT_HEADER = "thumbs-event"  # carries the event's JSON when the record value is an image
+# Base64 adds a third: 20 MiB of original value makes a dead letter of ~27 MiB, under the topics' 32 MiB.
+DLQ_MAX_ORIGINAL_BYTES = 20 * 1024 * 1024
 
 
 def encode_dead_letter(
     *, reason: str, stage: str, topic: str, partition: int, offset: int,
     key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]],
 ) -> bytes:
-    """The thumbnail.dlq record: the original record in full, where it came from, and why it was rejected."""
+    """The thumbnail.dlq record: the original record in full, where it came from, and why it was rejected.
+
+    A value too large to fit the topic once base64-encoded is left out (its size and sha256 kept instead):
+    a dead letter Kafka refuses would stall the partition behind it for good.
+    """
     def b64(raw: bytes | None) -> str | None:
         return None if raw is None else base64.b64encode(raw).decode("ascii")
+
+    kept = value if value is None or len(value) <= DLQ_MAX_ORIGINAL_BYTES else None
 
     document = {
         "reason": reason,
@@ -46,10 +55,12 @@ def encode_dead_letter(
         "partition": partition,
         "offset": offset,
         "original_key_base64": b64(key),
-        "original_value_base64": b64(value) or "",
+        "original_value_base64": b64(kept) or "",
         "original_headers": [[name, b64(raw)] for name, raw in headers],
         "dead_lettered_at": now_iso(),
     }
+    if value is not None and kept is None:
+        document["original_value_omitted"] = {"size": len(value), "sha256": hashlib.sha256(value).hexdigest()}
     return json.dumps(document, separators=(",", ":")).encode()
 
 

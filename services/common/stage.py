@@ -90,7 +90,7 @@ class StageRunner:
             return
         # Outputs are published again on their own: calling the core again would redo its effects (and
         # answer "deduplicated" for a thumbnail it has just stored).
-        async for attempt in self._retrying(message, self._transient):
+        async for attempt in self._retrying(message, (PublishError,)):
             with attempt:
                 await asyncio.gather(*(self._publisher.publish_event(o.event, o.headers, topic=o.topic) for o in outputs))
         metrics.count_outputs(self.stage, outputs)

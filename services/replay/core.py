@@ -111,6 +111,8 @@ def parse_dead_letter(record: Record) -> DeadLetter | None:
     """None for a DLQ record this code cannot read back (it is reported as skipped, never guessed at)."""
     try:
         doc = json.loads(record.value or b"")
+        if "original_value_omitted" in doc:  # too large to have been kept: nothing to send back
+            return None
         key = doc.get("original_key_base64")
         headers = tuple((str(n), base64.b64decode(v) if v else b"") for n, v in doc["original_headers"])
         return DeadLetter(

@@ -149,7 +149,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_stages_keep_serving(
         "thumbnail.requested": b"this is not json",
         "thumbnail.requested.retry": b'{"type": "thumbnail.requested", "version": 99}',
         "thumbnail.fetched": b'{"type": "thumbnail.fetched", "version": 1, "payload": {}}',
-        "thumbnail.completed": b"\xff\xfe\x00",
+        "thumbnail.completed": b"\xff\xfe\x00" * (7 * 1024 * 1024),  # 21 MiB: too large to keep in its letter
         "thumbnail.failed": b"[]",
     }
 
@@ -171,6 +171,8 @@ def test_poison_records_go_to_the_dead_letter_topic_and_stages_keep_serving(
     assert base64.b64decode(record["original_value_base64"]) == b"this is not json"
     assert record["original_headers"] == [["origin", base64.b64encode(b"test").decode()]]
     assert "not JSON" in record["reason"] and record["offset"] >= 0
+    huge = found[("projector", settings.topic("thumbnail.completed"))]
+    assert huge["original_value_base64"] == "" and huge["original_value_omitted"]["size"] == 21 * 1024 * 1024
     # and the stages still serve
     url = images.add("/after-poison.jpg", photo(300, 200, seed=6))
     task_id = client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"]

@@ -1,13 +1,23 @@
 """The code's events and the published schemas cannot drift."""
 import base64
+import hashlib
 import json
 
 import jsonschema
 import pytest
 from referencing import Registry, Resource
 
-from services.common.events import EVENT_HEADER, decode, encode, encode_dead_letter, schema_documents, schema_examples
-from services.common.model import Completed, Event, EventError, Failed, Fetched, Rendition, Requested
+from services.common.events import (
+    DLQ_MAX_ORIGINAL_BYTES,
+    EVENT_HEADER,
+    decode,
+    encode,
+    encode_dead_letter,
+    schema_documents,
+    schema_examples,
+)
+from services.common.model import Completed, Event, EventError, Failed, Fetched, Record, Rendition, Requested
+from services.replay.core import parse_dead_letter
 
 TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"
 SHA = "ef" * 32
@@ -91,6 +101,18 @@ def test_dead_letter_record_validates_against_its_schema() -> None:
     document = json.loads(record)
     jsonschema.Draft202012Validator(_schema("thumbnail.dlq.v1.json")).validate(document)
     assert base64.b64decode(document["original_value_base64"]) == b"garbage"
+
+
+def test_a_value_too_large_for_the_topic_is_left_out_of_its_dead_letter() -> None:
+    huge = b"\x00" * (DLQ_MAX_ORIGINAL_BYTES + 1)  # base64 would take the letter past the topic's 32 MiB
+    record = encode_dead_letter(reason="not JSON", stage="fetcher", topic="thumbnail.requested", partition=0,
+                                offset=9, key=b"k", value=huge, headers=[])
+    document = json.loads(record)
+    jsonschema.Draft202012Validator(_schema("thumbnail.dlq.v1.json")).validate(document)
+    assert len(record) < 4096 and document["original_value_base64"] == ""
+    assert document["original_value_omitted"] == {"size": len(huge), "sha256": hashlib.sha256(huge).hexdigest()}
+    # ... and a redrive leaves it alone instead of sending an empty record back
+    assert parse_dead_letter(Record("p.thumbnail.dlq", 0, 0, 0, b"k", record)) is None
 
 
 def test_minimal_external_request_gets_defaults_and_extra_fields_are_ignored() -> None:
