@@ -15,12 +15,13 @@ from .status import Status, write_timestamp
 
 REQUESTED = "thumbnail.requested"
 FETCHED = "thumbnail.fetched"
+HASHED = "thumbnail.hashed"  # the fetched event without the image: what the projector needs
 COMPLETED = "thumbnail.completed"
 FAILED = "thumbnail.failed"
 RETRY = "thumbnail.requested.retry"  # requested events waiting for another attempt
 DLQ = "thumbnail.dlq"  # records no stage could handle, with the reason
-EVENT_TYPES = (REQUESTED, FETCHED, COMPLETED, FAILED)
-PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, COMPLETED, FAILED, DLQ)
+EVENT_TYPES = (REQUESTED, FETCHED, HASHED, COMPLETED, FAILED)
+PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, HASHED, COMPLETED, FAILED, DLQ)
 FORMATS = ("jpeg", "png", "webp")
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -63,6 +64,16 @@ class Fetched:
 
 
 @dataclass(frozen=True)
+class Hashed:
+    """The source was downloaded and hashed: a fetched event's facts without its image (for the projector)."""
+
+    source_url: str
+    source_sha256: str
+    media_type: str
+    image_size: int
+
+
+@dataclass(frozen=True)
 class Completed:
     source_sha256: str
     rendition: Rendition
@@ -82,10 +93,12 @@ class Failed:
     attempts: int = 1
 
 
-Payload = Requested | Fetched | Completed | Failed
-_PAYLOAD_TYPES: dict[str, type] = {REQUESTED: Requested, FETCHED: Fetched, COMPLETED: Completed, FAILED: Failed}
+Payload = Requested | Fetched | Hashed | Completed | Failed
+_PAYLOAD_TYPES: dict[str, type] = {
+    REQUESTED: Requested, FETCHED: Fetched, HASHED: Hashed, COMPLETED: Completed, FAILED: Failed,
+}
 _TYPE_OF = {cls: name for name, cls in _PAYLOAD_TYPES.items()}
-WRITTEN_VERSIONS = {REQUESTED: 1, FETCHED: 2, COMPLETED: 1, FAILED: 1}
+WRITTEN_VERSIONS = {REQUESTED: 1, FETCHED: 2, HASHED: 1, COMPLETED: 1, FAILED: 1}
 
 
 def now_iso() -> str:

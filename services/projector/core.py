@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from services.common.model import Completed, Event, Failed, Fetched, Requested, TaskUpdate
+from services.common.model import Completed, Event, Failed, Fetched, Hashed, Requested, TaskUpdate
 from services.common.status import Status
 
 
@@ -16,7 +16,7 @@ def project(event: Event) -> TaskUpdate:
     if isinstance(payload, Requested):
         columns = {"source_url": payload.source_url, "rendition": json.dumps(asdict(payload.rendition)), "created_at": moment}
         return TaskUpdate(event.task_id, Status.PENDING, at, columns)
-    if isinstance(payload, Fetched):
+    if isinstance(payload, Fetched | Hashed):  # fetched: records produced before thumbnail.hashed existed
         return TaskUpdate(event.task_id, Status.FETCHED, at, {"source_sha256": payload.source_sha256, "fetched_at": moment})
     if isinstance(payload, Completed):
         columns = {

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from services.common import metrics, stage
 from services.common.cassandra import TRANSIENT_ERRORS, connect
 from services.common.kafka import KafkaPublisher
-from services.common.model import COMPLETED, FAILED, FETCHED, REQUESTED, Event, Outgoing
+from services.common.model import COMPLETED, FAILED, HASHED, REQUESTED, Event, Outgoing
 from services.common.ports import Tasks
 from services.common.repositories import TaskRepository
 from services.common.settings import Settings
@@ -32,7 +32,7 @@ def build_projector(settings: Settings, *, publisher: stage.Publisher | None = N
         return []
 
     runner = stage.StageRunner(STAGE, settings, publisher, handle, transient=TRANSIENT_ERRORS)
-    topics = [settings.topic(t) for t in (REQUESTED, FETCHED, COMPLETED, FAILED)]
+    topics = [settings.topic(t) for t in (REQUESTED, HASHED, COMPLETED, FAILED)]
     return stage.Built([stage.Subscription(settings, runner, topics, concurrency=16)], closers)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.common.events import decode
-from services.common.model import COMPLETED, FAILED, FETCHED, REQUESTED, RETRY, EventError, Record
+from services.common.model import COMPLETED, FAILED, FETCHED, HASHED, REQUESTED, RETRY, EventError, Record
 
 Headers = tuple[tuple[str, bytes], ...]
 REPLAY_HEADER = "thumbs-replay"
@@ -18,7 +18,7 @@ REDRIVE_HEADER = "thumbs-redriven"
 STAGE_TOPICS = {
     "fetcher": (REQUESTED, RETRY),
     "resizer": (FETCHED,),
-    "projector": (REQUESTED, FETCHED, COMPLETED, FAILED),
+    "projector": (REQUESTED, HASHED, COMPLETED, FAILED),
 }
 
 

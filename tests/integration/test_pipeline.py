@@ -149,6 +149,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_stages_keep_serving(
         "thumbnail.requested": b"this is not json",
         "thumbnail.requested.retry": b'{"type": "thumbnail.requested", "version": 99}',
         "thumbnail.fetched": b'{"type": "thumbnail.fetched", "version": 1, "payload": {}}',
+        "thumbnail.hashed": b'{"type": "thumbnail.hashed", "version": 1, "payload": {"image_size": 0}}',
         "thumbnail.completed": b"\xff\xfe\x00" * (7 * 1024 * 1024),  # 21 MiB: too large to keep in its letter
         "thumbnail.failed": b"[]",
     }
@@ -162,7 +163,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_stages_keep_serving(
     expected = {
         ("fetcher", settings.topic("thumbnail.requested")), ("projector", settings.topic("thumbnail.requested")),
         ("fetcher", settings.topic("thumbnail.requested.retry")), ("resizer", settings.topic("thumbnail.fetched")),
-        ("projector", settings.topic("thumbnail.fetched")), ("projector", settings.topic("thumbnail.completed")),
+        ("projector", settings.topic("thumbnail.hashed")), ("projector", settings.topic("thumbnail.completed")),
         ("projector", settings.topic("thumbnail.failed")),
     }
     found = _dead_letters(stack, expected)

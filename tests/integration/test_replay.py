@@ -132,7 +132,7 @@ def test_renderer_bump_re_renders_each_image_once(stack: Stack, client: httpx.Cl
     # Only first sightings of an image were fetched events; later tasks were answered by the fetcher.
     assert count >= IMAGES
     wait_metric(stack, "resizer", "thumbs_events_in_total", count)  # the new process counts from 0
-    wait_metric(stack, "projector", "thumbs_events_in_total", projector_in + 2 * count)
+    wait_metric(stack, "projector", "thumbs_events_in_total", projector_in + count)  # the completions: it reads no fetched
     assert metric(stack, "resizer", "thumbs_resizes_total") == IMAGES
     assert metric(stack, "resizer", "thumbs_dedupe_hits_total") == count - IMAGES
     session = connect(stack.settings)
@@ -158,7 +158,7 @@ def test_dead_letters_complete_after_the_fix_and_a_redrive(stack: Stack, client:
     stack.start("projector")
     urls = [images.add(f"/redrive/{n}.jpg", photo(200, 150, seed=500 + n)) for n in range(3)]
     ids = [client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"] for url in urls]
-    # requested, fetched and completed of each task: all dead-lettered by the projector
+    # requested, hashed and completed of each task: all dead-lettered by the projector
     wait_metric(stack, "projector", "thumbs_dead_letters_total", 3 * len(ids), timeout=60)
     time.sleep(2.5)  # let the projector commit past them (every 1 s): the fixed projector must not see them
     stack.stop("projector")

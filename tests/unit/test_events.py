@@ -16,7 +16,7 @@ from services.common.events import (
     schema_documents,
     schema_examples,
 )
-from services.common.model import Completed, Event, EventError, Failed, Fetched, Record, Rendition, Requested
+from services.common.model import Completed, Event, EventError, Failed, Fetched, Hashed, Record, Rendition, Requested
 from services.replay.core import parse_dead_letter
 
 TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"
@@ -36,6 +36,7 @@ PRODUCED = [
     Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api"),
     Event(TASK, Requested("https://example.test/b.png", Rendition(300, 200, "webp", 70)), "api"),
     Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"\xff\xd8\xff"), "fetcher"),
+    Event(TASK, Hashed("http://127.0.0.1/a.jpg", SHA, "image/jpeg", 3), "fetcher"),
     Event(TASK, Completed(SHA, Rendition(), 1, "image/jpeg", 100, 75, 3000, True), "resizer"),
     Event(TASK, Failed("fetcher", "SOURCE_TIMEOUT", "slow", 4), "fetcher"),
 ]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from services.common.errors import ErrorCode, PermanentError, TransientError
-from services.common.model import Completed, Event, Failed, Fetched, Rendition, Requested, StoredThumbnail
+from services.common.model import Completed, Event, Failed, Fetched, Hashed, Rendition, Requested, StoredThumbnail
 from services.fetcher.core import ATTEMPT_HEADER, NOT_BEFORE_HEADER, RetryPolicy, handle_requested
 from tests.fakes import FakeThumbnails
 
@@ -42,12 +42,15 @@ def _request(url: str = "http://127.0.0.2/a.png") -> Event:
 
 async def test_fetched_event_carries_bytes_hash_format_and_rendition() -> None:
     data = _png()
-    [out] = await handle_requested(_request(), {}, Source(data), RetryPolicy(), FakeThumbnails(), 1)
+    [out, progress] = await handle_requested(_request(), {}, Source(data), RetryPolicy(), FakeThumbnails(), 1)
     payload = out.event.payload
     assert isinstance(payload, Fetched) and out.topic is None
     assert payload.image == data and payload.source_sha256 == hashlib.sha256(data).hexdigest()
     assert payload.media_type == "image/png" and payload.rendition == Rendition(64, 64, "png", 80)
     assert out.event.task_id == TASK and out.event.key == payload.source_sha256.encode()
+    # the projector's copy: the same facts without the image, keyed by task so its row updates stay in order
+    assert progress.event.payload == Hashed(payload.source_url, payload.source_sha256, "image/png", len(data))
+    assert progress.event.key == TASK.encode() and progress.event.correlation_id == out.event.correlation_id
 
 
 async def test_html_served_as_image_fails_not_an_image() -> None:
@@ -104,5 +107,5 @@ async def test_known_content_completes_at_the_fetcher_without_shipping_bytes() -
     assert isinstance(payload, Completed) and payload.deduplicated and payload.renderer_version == 3
     assert (payload.width, payload.height, payload.source_sha256) == (64, 48, hashlib.sha256(data).hexdigest())
     # another renderer version is another rendition: the bytes go on to the resizer
-    [again] = await handle_requested(_request(), {}, Source(data), RetryPolicy(), thumbnails, 4)
+    [again, _hashed] = await handle_requested(_request(), {}, Source(data), RetryPolicy(), thumbnails, 4)
     assert isinstance(again.event.payload, Fetched)

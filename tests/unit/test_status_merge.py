@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from services.common.model import Completed, Event, Failed, Fetched, Rendition, Requested
+from services.common.model import Completed, Event, Failed, Fetched, Hashed, Rendition, Requested
 from services.common.status import Status, write_timestamp
 from services.projector.core import project
 from tests.fakes import FakeTasks
@@ -14,7 +14,7 @@ SHA = "ab" * 32
 
 def _events() -> list[Event]:
     requested = Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api", occurred_at="2026-11-28T10:00:00.000000Z")
-    fetched = Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"x"), "fetcher",
+    fetched = Event(TASK, Hashed("http://127.0.0.1/a.jpg", SHA, "image/jpeg", 1), "fetcher",
                     occurred_at="2026-11-28T10:00:01.000000Z")
     completed = Event(TASK, Completed(SHA, Rendition(), 1, "image/jpeg", 100, 67, 2000, False), "resizer",
                       occurred_at="2026-11-28T10:00:02.000000Z")
@@ -64,3 +64,10 @@ def test_rank_dominates_event_time() -> None:
     early_fetched = write_timestamp(Status.FETCHED, 1_000_000_000_000_000)
     assert early_fetched > late_pending
     assert write_timestamp(Status.FAILURE, 1) > write_timestamp(Status.FETCHED, 4_000_000_000_000_000)
+
+
+def test_a_fetched_event_from_before_hashed_existed_projects_the_same() -> None:
+    at = "2026-11-28T10:00:01.000000Z"
+    old = Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"x"), "fetcher", occurred_at=at)
+    new = Event(TASK, Hashed("http://127.0.0.1/a.jpg", SHA, "image/jpeg", 1), "fetcher", occurred_at=at)
+    assert project(old) == project(new)
