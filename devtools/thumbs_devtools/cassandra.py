@@ -11,8 +11,8 @@ from services.common.settings import Settings
 from . import tls
 from .java import java_binary
 from .maven import cached_lib
-from .server import Layout, Say, port_open
-from .versions import SERVERS_DIR, Versions
+from .server import Node, Say, port_open
+from .versions import SERVERS_DIR
 
 if TYPE_CHECKING:
     from .topology import Topology
@@ -74,21 +74,10 @@ def server_material(settings: Settings, topology: Topology) -> tls.Material | No
 
 
 @dataclass(frozen=True)
-class Cassandra:
-    settings: Settings
-    versions: Versions
-    topology: Topology
-    node_id: int = 1
+class Cassandra(Node):
+    kind: ClassVar[str] = "cassandra"
     main_class: ClassVar[str] = "org.apache.cassandra.service.CassandraDaemon"
     ready_timeout: ClassVar[float] = 180.0
-
-    @property
-    def name(self) -> str:
-        return f"cassandra-{self.node_id}"
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.settings.state_dir / "servers" / self.name)
 
     @property
     def main_log(self) -> Path:

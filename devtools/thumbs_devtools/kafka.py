@@ -15,11 +15,11 @@ from . import tls
 from .cassandra import server_material
 from .java import java_binary
 from .maven import cached_lib
-from .server import Layout, Say, port_open
-from .versions import SERVERS_DIR, Versions
+from .server import Node, Say, port_open
+from .versions import SERVERS_DIR
 
 if TYPE_CHECKING:
-    from .topology import Topology
+    pass
 
 HOST = "127.0.0.1"
 # thumbnail.fetched records carry a source image (up to 20 MiB) and its event header.
@@ -48,21 +48,10 @@ def broker_port(settings: Settings, node_id: int) -> int:
 
 
 @dataclass(frozen=True)
-class Kafka:
-    settings: Settings
-    versions: Versions
-    topology: Topology
-    node_id: int = 1
+class Kafka(Node):
+    kind: ClassVar[str] = "kafka"
     main_class: ClassVar[str] = "kafka.Kafka"
     ready_timeout: ClassVar[float] = 90.0
-
-    @property
-    def name(self) -> str:
-        return f"kafka-{self.node_id}"
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.settings.state_dir / "servers" / self.name)
 
     @property
     def main_log(self) -> Path:

@@ -5,7 +5,14 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from services.common.settings import Settings
+
+from .versions import Versions
+
+if TYPE_CHECKING:
+    from .topology import Topology
 
 Say = Callable[[str], None]
 
@@ -40,6 +47,25 @@ class Layout:
     def create(self) -> None:
         for folder in (self.conf, self.data, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class Node:
+    """Node `node_id` of a server kind in the shape `topology`: named `<kind>-<node_id>`, its own folder."""
+
+    settings: Settings
+    versions: Versions
+    topology: Topology
+    node_id: int = 1
+    kind: ClassVar[str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.node_id}"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.settings.state_dir / "servers" / self.name)
 
 
 class Server(Protocol):

@@ -214,9 +214,12 @@ def test_broker_and_node_killed_mid_load_lose_nothing(cluster: Cluster, stack: S
 
     renders = Counter(e.payload.source_sha256 for e in completed_events(stack.settings)
                       if isinstance(e.payload, Completed) and not e.payload.deduplicated)
+    # A POST answered 503 while the broker was away may still have reached Kafka (its acknowledgement was
+    # lost): such a task runs although the client was told to retry, so renders may cover more than the
+    # accepted tasks' images; each image, accepted or not, is rendered once.
     distinct = {load.statuses[t]["source_sha256"] for t in load.accepted}
-    assert set(renders) == distinct and max(renders.values()) == 1, renders.most_common(3)
-    assert sum(stack.metric(name, "thumbs_resizes_total") for name in ("resizer", "resizer-2")) == len(distinct)
+    assert distinct <= set(renders) and max(renders.values()) == 1, renders.most_common(3)
+    assert sum(stack.metric(name, "thumbs_resizes_total") for name in ("resizer", "resizer-2")) == len(renders)
     # both instances of every stage took part
     for name in INSTANCES[1:]:
         assert stack.metric(name, "thumbs_events_in_total") > 0, f"{name} handled nothing"
