@@ -125,8 +125,8 @@ def openapi_spec() -> dict[str, Any]:
                     "required": ["source_image_url"],
                     "properties": {
                         "source_image_url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH,
-                                             "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s\\u0000-\\u0020\\u007f]+"
-                                                        "[^\\s\\u0000-\\u0020\\u007f]*$",
+                                             "pattern": "^[\\u0000-\\u0020]*[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s\\u0000-\\u0020\\u007f]+"
+                                                        "[^\\s\\u0000-\\u0020\\u007f]*[\\u0000-\\u0020]*$",
                                              "example": "http://127.0.0.2:8000/cat.jpg"},
                         "width": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
                         "height": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},

@@ -36,6 +36,9 @@ def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendit
 # What ECMA-262 regular expressions (those of the OpenAPI document) call whitespace, beyond ASCII.
 _NOT_IN_URLS = frozenset("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
                          "\u2028\u2029\u202f\u205f\u3000\ufeff")
+# Control bytes and spaces, which URL parsers (WHATWG) drop around a URL: a trailing newline from a shell
+# script must keep working, as it did with the system this one replaces.
+_AROUND_URLS = "".join(map(chr, range(0x21)))
 
 
 def _source_url(given: Any) -> str:
@@ -43,7 +46,7 @@ def _source_url(given: Any) -> str:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url is required")
     if not isinstance(given, str):
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must be a string")
-    url = given
+    url = given.strip(_AROUND_URLS)
     if not url:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must not be empty")
     if any(c in _NOT_IN_URLS or c < "\x21" or c == "\x7f" for c in url):
