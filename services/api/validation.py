@@ -46,6 +46,8 @@ def _source_url(given: Any) -> str:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url is required")
     if not isinstance(given, str):
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must be a string")
+    if len(given) > MAX_URL_LENGTH:  # as sent: the limit the OpenAPI document states
+        raise ApiError(422, "INVALID_REQUEST", f"source_image_url is longer than {MAX_URL_LENGTH} characters")
     url = given.strip(_AROUND_URLS)
     if not url:
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must not be empty")
@@ -53,8 +55,6 @@ def _source_url(given: Any) -> str:
         # A URL carries spaces as %20; raw blanks and control bytes are a classic way to smuggle a second
         # host past a parser, and the OpenAPI pattern (ECMA-262 \s) refuses exactly these.
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must not contain spaces or control characters")
-    if len(url) > MAX_URL_LENGTH:
-        raise ApiError(422, "INVALID_REQUEST", f"source_image_url is longer than {MAX_URL_LENGTH} characters")
     if not has_web_scheme(url):
         raise ApiError(422, "INVALID_REQUEST", "source_image_url must be an http or https URL")
     if not url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]:

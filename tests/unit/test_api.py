@@ -67,6 +67,7 @@ def test_post_accepts_a_rendition(client: TestClient, ports) -> None:
         ({"json": {"source_image_url": "http://a/b c.jpg"}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "httP://\u001c"}}, 422, "INVALID_REQUEST"),  # a fuzzer's find
         ({"json": {"source_image_url": "http://a/\tb.jpg"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "\t\u0018http://a/" + "b" * 2038}}, 422, "INVALID_REQUEST"),  # 2,049 as sent
         ({"json": {"source_image_url": "http:///nohost"}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "http://a/" + "x" * 2048}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "http://a/", "width": 0}}, 422, "INVALID_REQUEST"),

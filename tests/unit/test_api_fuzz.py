@@ -30,7 +30,8 @@ def test_every_operation_survives_generated_requests(mode: GenerationMode) -> No
     for operation in operations:
 
         @given(case=operation.as_strategy(mode))
-        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        # Derandomized: the same examples on every run, so CI cannot fail on a draw; widen max_examples to explore.
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
         def check(case: schemathesis.Case) -> None:
             case.call_and_validate()
 
