@@ -157,8 +157,10 @@ def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in fields_of(cls)}
 
 
-def fields_of(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+@cache
+def fields_of(cls: type) -> frozenset[str]:
+    """Field names of a payload dataclass; cached, as every consumed event asks (twice)."""
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 @cache
