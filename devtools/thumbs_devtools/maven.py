@@ -1,6 +1,7 @@
 """Resolves a server's runtime jars with Maven into a per-version cache, once."""
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -18,18 +19,22 @@ def cached_lib(cache_dir: Path, pom: Path, properties: Mapping[str, str]) -> Pat
     lib = cache_dir / "lib"
     stamp = cache_dir / STAMP
     wanted = _stamp_text(properties)
-    if stamp.exists() and stamp.read_text() == wanted and lib.is_dir():
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two `thumbs servers start` at once (two terminals, parallel test runs) must not both fill the cache.
+    with (cache_dir / "resolve.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == wanted and lib.is_dir():
+            return lib
+        # No stamp means an earlier run stopped half-way: start from an empty folder.
+        stamp.unlink(missing_ok=True)
+        shutil.rmtree(lib, ignore_errors=True)
+        partial = cache_dir / "lib.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        _copy_dependencies(pom, properties, partial, cache_dir / "maven.log")
+        partial.rename(lib)
+        stamp.write_text(wanted)
         return lib
-    # No stamp means an earlier run stopped half-way: start from an empty folder.
-    stamp.unlink(missing_ok=True)
-    shutil.rmtree(lib, ignore_errors=True)
-    partial = cache_dir / "lib.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    _copy_dependencies(pom, properties, partial, cache_dir / "maven.log")
-    partial.rename(lib)
-    stamp.write_text(wanted)
-    return lib
 
 
 def _stamp_text(properties: Mapping[str, str]) -> str:
