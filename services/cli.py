@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points, version
 from typing import Any
 
+from services.common import logs
 from services.common.settings import Settings, SettingsError, documented, effective
 from services.replay import commands as replay
 
@@ -98,13 +98,12 @@ def register_installed(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cassandra").setLevel(logging.WARNING)  # a line per host discovered is noise
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"thumbs: {exc}", file=sys.stderr)
         return 2
+    logs.configure(process=settings.log_name or args.command, log_format=settings.log_format, level=settings.log_level)
     return int(args.handler(settings, args) or 0)
 
 

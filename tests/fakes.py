@@ -61,6 +61,7 @@ class FakeThumbnails:
 @dataclass
 class FakePublisher:
     events: list[Event] = field(default_factory=list)
+    event_headers: list[list[tuple[str, bytes]]] = field(default_factory=list)  # per event, in order
     records: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # raw produces: dead letters
     down: bool = False
     failures: list[BaseException] = field(default_factory=list)  # raised by the next produces, in order
@@ -72,6 +73,7 @@ class FakePublisher:
     async def publish_event(self, event: Event, headers: Any = None, *, topic: str | None = None) -> None:
         self._refuse()
         self.events.append(event)
+        self.event_headers.append(list(headers or ()))
 
     def _refuse(self) -> None:
         if self.down:

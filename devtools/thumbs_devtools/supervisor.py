@@ -46,14 +46,15 @@ class Instance:
         return self.stage if self.number == 1 else f"{self.stage}-{self.number}"
 
     def environment(self, settings: Settings, *, member_id: str = "") -> dict[str, str]:
-        """What differs between instances of one stage: the metrics port and, given one, the static member id
-        (they share the consumer group)."""
+        """What differs between instances: the name on their log lines and, for a stage, the metrics port and,
+        given one, the static member id (they share the consumer group)."""
+        named = {PREFIX + "LOG_NAME": self.name}  # their lines interleave on one terminal
         if self.stage not in SCALABLE:
-            return {}
+            return named
         field = f"{self.stage}_metrics_port"
         base = getattr(settings, field)
         port = base + METRICS_PORT_STEP * (self.number - 1) if base else 0
-        return {PREFIX + field.upper(): str(port), **({PREFIX + "INSTANCE": member_id} if member_id else {})}
+        return {**named, PREFIX + field.upper(): str(port), **({PREFIX + "INSTANCE": member_id} if member_id else {})}
 
 
 def register(subparsers: Any) -> None:

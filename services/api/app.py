@@ -5,7 +5,7 @@ import asyncio
 import base64
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -17,7 +17,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
+from services.common import tracing
 from services.common.kafka import PublishError
+from services.common.metrics import STAGE_READY, identify
 from services.common.model import Event, Requested, StoredThumbnail, TaskView
 from services.common.ports import Tasks, Thumbnails
 from services.common.settings import Settings
@@ -29,11 +31,12 @@ from .openapi import DOCS_HTML, openapi_spec
 from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request
 
 log = logging.getLogger(__name__)
+READY = STAGE_READY.labels("api")
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 class Publisher(Protocol):
-    async def publish_event(self, event: Event) -> None: ...
+    async def publish_event(self, event: Event, headers: Sequence[tuple[str, bytes]] | None = None) -> None: ...
 
     def reachable(self, timeout: float = 2.0) -> bool: ...
 
@@ -52,6 +55,8 @@ def create_app(
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        identify("api", settings.renderer_version)
+        tracing.configure("api")
         closers: list[Callable[[], None]] = []
         if publisher is None or tasks is None or thumbnails is None:
             from .wiring import real_adapters  # imported late: no clients at import time
@@ -74,6 +79,8 @@ def create_app(
         Route("/thumbnail/file", file, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/livez", health, methods=["GET"]),  # the stages' probe paths, so every process answers the same
+        Route("/readyz", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
@@ -101,7 +108,7 @@ async def submit(request: Request) -> Response:
         event_id=event_id, correlation_id=event_id,
     )
     try:
-        await request.app.state.publisher.publish_event(event)
+        await request.app.state.publisher.publish_event(event, tracing.carried(()))  # the request's trace, when on
     except PublishError as exc:
         log.warning("publish failed: %s", exc)
         raise ApiError(503, "UNAVAILABLE", "the queue is unavailable, try again shortly", {"Retry-After": "5"}) from None
@@ -111,6 +118,7 @@ async def submit(request: Request) -> Response:
         await request.app.state.tasks.apply(project(event))
     except Exception as exc:  # noqa: BLE001 - the task is accepted; the projector writes the row too
         log.warning("could not record PENDING for %s: %s", event.task_id, exc)
+    request.state.task_id = event.task_id  # for the access log line
     location = f"/thumbnail?task_id={event.task_id}"
     return JSONResponse({"task_id": event.task_id}, 202, {"Location": location})
 
@@ -189,6 +197,7 @@ async def ready(request: Request) -> Response:
         cassandra_ok = False
     checks = {"kafka": "ok" if kafka_ok else "down", "cassandra": "ok" if cassandra_ok else "down"}
     ok = kafka_ok and cassandra_ok
+    READY.set(ok)  # the last probe's answer, for the alert on a process that stays unready
     return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
 
 

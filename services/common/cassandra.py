@@ -20,6 +20,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import named_tuple_factory
 
+from . import metrics
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,11 @@ def schema_profile(settings: Settings) -> ExecutionProfile:
 
 def connect(settings: Settings, *, keyspace: str | None = None, timeout: float = 10.0) -> Session:
     return Cluster(**cluster_options(settings, timeout)).connect(keyspace)
+
+
+def hosts_up(session: Session) -> bool:
+    """A readiness check without a round trip: the driver marks nodes down and up as it loses and regains them."""
+    return any(host.is_up for host in session.cluster.metadata.all_hosts())
 
 
 def replication_cql(spec: str) -> str:
@@ -323,8 +329,17 @@ class _Ledger:
         return bool(self._session.execute(statement, params, execution_profile=SCHEMA_PROFILE).was_applied)
 
 
-async def execute(session: Session, statement: Any, params: Sequence[Any] = ()) -> list[Any]:
-    """Runs a statement without blocking the event loop; returns all rows (our queries read one partition)."""
+async def execute(session: Session, statement: Any, params: Sequence[Any] = (), *, operation: str) -> list[Any]:
+    """Runs a statement without blocking the event loop; returns all rows (our queries read one partition).
+    `operation` names it in thumbs_cassandra_request_seconds."""
+    started = time.perf_counter()
+    try:
+        return await _execute(session, statement, params)
+    finally:
+        metrics.CASSANDRA_SECONDS.labels(metrics.process_stage(), operation).observe(time.perf_counter() - started)
+
+
+async def _execute(session: Session, statement: Any, params: Sequence[Any]) -> list[Any]:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[list[Any]] = loop.create_future()
     response: ResponseFuture = session.execute_async(statement, params)

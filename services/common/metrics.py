@@ -1,7 +1,9 @@
 """Prometheus metrics shared by every process (each process serves its own /metrics)."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from importlib.metadata import version
+
+from prometheus_client import Counter, Gauge, Histogram
 
 from .model import RETRY, Completed, Failed, Outgoing
 
@@ -16,6 +18,29 @@ INFRA_RETRIES = Counter("thumbs_infrastructure_retries_total", "Records retried 
 STAGE_SECONDS = Histogram(
     "thumbs_stage_seconds", "Time to handle one record, outputs acknowledged.", ["stage"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_LAG = Gauge(
+    "thumbs_consumer_lag", "Records between the group's committed offset and the partition's end, per assigned partition.",
+    ["stage", "topic", "partition"],
+)
+IN_FLIGHT = Gauge("thumbs_records_in_flight", "Records taken from Kafka and not yet handled.", ["stage"])
+STAGE_READY = Gauge("thumbs_stage_ready", "1 while the process is ready (what /readyz or /ready answers).", ["stage"])
+BUILD_INFO = Gauge("thumbs_build_info", "Always 1; the labels say what runs.", ["stage", "version", "renderer_version"])
+DOWNLOAD_BYTES = Histogram(
+    "thumbs_download_bytes", "Size of each downloaded source image.",
+    buckets=tuple(float(2**n) for n in range(10, 26, 2)),  # 1 KiB .. 32 MiB
+)
+DOWNLOAD_SECONDS = Histogram(
+    "thumbs_download_seconds", "Time to download a source, redirects included, by outcome (ok or an error code).", ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CASSANDRA_SECONDS = Histogram(
+    "thumbs_cassandra_request_seconds", "Cassandra request latency, by process and operation.", ["stage", "operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+TASK_SECONDS = Histogram(
+    "thumbs_task_seconds", "End-to-end task latency, from the request to its terminal status (observed by the projector).",
+    ["status"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
 HTTP_REQUESTS = Counter("thumbs_http_requests_total", "HTTP requests, by route, method and status.", ["route", "method", "status"])
 HTTP_SECONDS = Histogram(
@@ -36,6 +61,25 @@ def count_outputs(stage: str, outputs: list[Outgoing]) -> None:
             (DEDUPE_HITS if payload.deduplicated else RESIZES).inc()
 
 
-def serve(host: str, port: int) -> None:
-    if port:
-        start_http_server(port, addr=host)
+_process = {"stage": ""}
+
+
+def identify(stage: str, renderer_version: int) -> None:
+    """Names the process in the metrics that are not per stage by nature (Cassandra latency, build info)."""
+    _process["stage"] = stage
+    BUILD_INFO.labels(stage, version("thumbs"), str(renderer_version)).set(1)
+
+
+def start_series(stage: str, topics: list[str]) -> None:
+    """Creates a stage's labelled series at 0: a rate over a series that appears only with its first
+    event misses that event, and an alert on dead letters must see the counter before the first one."""
+    for topic in topics:
+        EVENTS_IN.labels(stage, topic)
+        DEAD_LETTERS.labels(stage, topic)
+    RETRIES.labels(stage)
+    INFRA_RETRIES.labels(stage)
+    IN_FLIGHT.labels(stage)
+
+
+def process_stage() -> str:
+    return _process["stage"]

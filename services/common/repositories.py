@@ -39,13 +39,13 @@ class TaskRepository:
         updated_at = datetime.fromtimestamp(update.occurred_at_micros / 1e6, UTC)
         values = [update.columns[n] for n in names]
         params = [self._ttl, update.timestamp, update.status.value, updated_at, *values, uuid.UUID(update.task_id)]
-        await execute(self._session, statement, params)
+        await execute(self._session, statement, params, operation="task_write")
 
     async def ping(self) -> None:
-        await execute(self._session, self._ping)
+        await execute(self._session, self._ping, operation="ping")
 
     async def get(self, task_id: str) -> TaskView | None:
-        rows = await execute(self._session, self._get, [uuid.UUID(task_id)])
+        rows = await execute(self._session, self._get, [uuid.UUID(task_id)], operation="task_read")
         if not rows or rows[0].status is None:
             return None
         row = rows[0]
@@ -68,7 +68,7 @@ class ThumbnailRepository:
         )
 
     async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None:
-        rows = await execute(self._session, self._data, [sha256, rendition_key])
+        rows = await execute(self._session, self._data, [sha256, rendition_key], operation="thumbnail_read")
         if not rows or rows[0].data is None:
             return None
         row = rows[0]
@@ -76,4 +76,4 @@ class ThumbnailRepository:
 
     async def put(self, sha256: str, rendition_key: str, thumbnail: StoredThumbnail) -> None:
         params = [sha256, rendition_key, thumbnail.data, thumbnail.content_type, thumbnail.width, thumbnail.height]
-        await execute(self._session, self._put, params)
+        await execute(self._session, self._put, params, operation="thumbnail_write")

@@ -103,11 +103,17 @@ class Settings:
     fetch_retry_base_seconds: float = _setting(1.0, "First retry delay; doubles per attempt, with jitter.")
     max_pixels: int = _setting(50_000_000, "Largest source image in pixels, checked from the header before decoding.")
     max_frames: int = _setting(1000, "Most frames an animated source may declare (only the first is rendered).")
-    resizer_workers: int = _setting(0, "Resize processes per resizer (0 = one per CPU core).")
+    resizer_workers: int = _setting(0, "Resize processes per resizer (0 = one per usable core: the CPUs it may run on, capped by its container's CPU quota).")
     instance: str = _setting(
         "", "Unique name of this stage process (e.g. a StatefulSet pod name): Kafka static group membership, so "
         "a restart within the session timeout moves no partitions. Empty: dynamic membership."
     )
+    log_format: str = _setting(
+        "auto", "Log lines as `json` (for a collector), `text` (for a person), or `auto`: text on a terminal, else JSON.",
+        choices=("auto", "json", "text"),
+    )
+    log_level: str = _setting("INFO", "Lowest level logged.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_name: str = _setting("", "Name on this process's log lines (empty: the command, e.g. `fetcher`); `thumbs run` sets it per instance.")
     renderer_version: int = _setting(1, "Bump to re-render every thumbnail on the next replay of thumbnail.fetched.")
     state_dir: Path = _computed(
         _working_state_dir, "./.thumbs", "Folder for local server data, logs, caches and worker state "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import random
 import signal
@@ -26,11 +27,11 @@ import uvloop
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
-from . import metrics
+from . import health, logs, metrics, tracing
 from .backoff import backoff_seconds
 from .events import decode, encode_dead_letter
 from .kafka import PublishError, client_config, record_of
-from .model import DLQ, Event, EventError, Outgoing, Record
+from .model import DLQ, FAILED, REPLAY_HEADER, REQUESTED, REQUESTED_AT_HEADER, Event, EventError, Failed, Outgoing, Record
 from .settings import Settings
 from .topic_plan import MAX_MESSAGE_BYTES
 
@@ -40,6 +41,8 @@ Handler = Callable[[Event, Mapping[str, bytes]], Awaitable[list[Outgoing]]]
 Sleep = Callable[[float], Awaitable[None]]
 READ_AHEAD_KIB = 16 * 1024  # records fetched but not yet handed to a handler (each may hold a whole image)
 COMMIT_INTERVAL_S = 1.0
+LOOP_TICK_S = 1.0  # the poll loop comes round at least this often, even with every slot busy (liveness)
+STATS_INTERVAL_MS = 5_000  # librdkafka statistics: consumer lag per partition
 SHUTDOWN_GRACE_S = 10.0
 RETRY_BASE_S = 0.2  # first wait while Kafka or Cassandra is unreachable; doubles up to the cap
 RETRY_CAP_S = 5.0
@@ -73,28 +76,48 @@ class StageRunner:
 
     async def handle(self, message: Record) -> None:
         """Returns only when it is safe to commit past `message`."""
+        replayed = any(name == REPLAY_HEADER for name, _ in message.headers)
+        with logs.bound(stage=self.stage, topic=message.topic, partition=message.partition, offset=message.offset), \
+                tracing.record_span(self.stage, message.topic, message.partition, message.offset, message.headers,
+                                    replayed=replayed) as span:
+            await self._handle(message, span)
+
+    async def _handle(self, message: Record, span: tracing.Span | None) -> None:
         started = time.perf_counter()
         metrics.EVENTS_IN.labels(self.stage, message.topic).inc()
         try:
             event = decode(message.value, message.headers)
         except EventError as exc:
-            await self._dead_letter(message, str(exc))
+            await self._dead_letter(message, str(exc), span)
             return
+        with logs.bound(task_id=event.task_id, correlation_id=event.correlation_id, event_type=event.type):
+            if span is not None:
+                span.set_attribute("thumbs.task_id", event.task_id)
+            await self._handle_event(event, message, span, started)
+
+    async def _handle_event(self, event: Event, message: Record, span: tracing.Span | None, started: float) -> None:
         problem: str | None = None
         outputs: list[Outgoing] = []
         async for attempt in self._retrying(message, self._transient):
             with attempt:
                 outputs, problem = await self._call_core(event, message)
         if problem is not None:
-            await self._dead_letter(message, problem)
+            await self._dead_letter(message, problem, span)
             return
+        onward = onward_headers(event, message.headers)
         # Outputs are published again on their own: calling the core again would redo its effects (and
         # answer "deduplicated" for a thumbnail it has just stored).
         async for attempt in self._retrying(message, (PublishError,)):
             with attempt:
-                await asyncio.gather(*(self._publisher.publish_event(o.event, o.headers, topic=o.topic) for o in outputs))
+                await asyncio.gather(*(self._publisher.publish_event(o.event, _merged(o.headers, onward), topic=o.topic)
+                                       for o in outputs))
         metrics.count_outputs(self.stage, outputs)
+        for failed in (o.event.payload for o in outputs if isinstance(o.event.payload, Failed)):
+            log.warning("task failed: %s: %s", failed.code, failed.message, extra={"error_code": failed.code})
         metrics.STAGE_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+        result = ",".join(o.topic or o.event.type for o in outputs) or "no output"
+        tracing.outcome(span, result, failed=any(o.event.type == FAILED for o in outputs))
+        log.debug("handled: %s", result)  # a line per record only when asked for (THUMBS_LOG_LEVEL=DEBUG)
 
     async def _call_core(self, event: Event, message: Record) -> tuple[list[Outgoing], str | None]:
         """The core's outputs, or why the record must be parked; transient errors propagate to be retried."""
@@ -108,7 +131,8 @@ class StageRunner:
             log.exception("%s: unexpected error on %s@%s", self.stage, message.topic, message.offset)
             return [], f"unexpected {type(exc).__name__}: {exc}"
 
-    async def _dead_letter(self, message: Record, reason: str) -> None:
+    async def _dead_letter(self, message: Record, reason: str, span: tracing.Span | None = None) -> None:
+        tracing.outcome(span, "dead_letter", failed=True, reason=reason[:200])
         log.warning("%s: dead-lettering %s[%s]@%s: %s", self.stage, message.topic, message.partition, message.offset, reason)
         record = encode_dead_letter(
             reason=reason, stage=self.stage, topic=message.topic, partition=message.partition,
@@ -131,6 +155,25 @@ class StageRunner:
 
         return AsyncRetrying(retry=retry_if_exception_type(transient), stop=stop_never, wait=wait,
                              sleep=self._sleep, before_sleep=before_sleep, reraise=True)
+
+
+Headers = Sequence[tuple[str, bytes]]
+CARRIED = frozenset({REQUESTED_AT_HEADER, REPLAY_HEADER})
+
+
+def onward_headers(event: Event, incoming: Headers) -> list[tuple[str, bytes]]:
+    """What every output of a record carries on from it: the request's time (stamped at the first stage from
+    the requested event, which any producer must date), the replay mark, and the trace context."""
+    kept = [(name, value) for name, value in incoming if name in CARRIED]
+    if event.type == REQUESTED and not any(name == REQUESTED_AT_HEADER for name, _ in kept):
+        kept.append((REQUESTED_AT_HEADER, str(event.occurred_at_micros // 1000).encode()))
+    return kept + tracing.carried(incoming)
+
+
+def _merged(own: Headers, onward: Headers) -> list[tuple[str, bytes]]:
+    """A core's own headers win over carried ones of the same name."""
+    names = {name for name, _ in own}
+    return [*own, *((name, value) for name, value in onward if name not in names)]
 
 
 class Offsets:
@@ -217,7 +260,9 @@ class Subscription:
                  consumer: KafkaConsumer | None = None) -> None:
         self.runner = runner
         self.failed = False
-        self._topics = topics
+        self.joined = False  # holds a group assignment (readiness)
+        self.last_poll = time.monotonic()  # the loop came round (liveness)
+        self.topics = topics
         self._concurrency = concurrency
         self._offsets = Offsets()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -226,18 +271,20 @@ class Subscription:
         # confluent-kafka calls block: they run on this member's own thread, one at a time.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{runner.stage}-consumer")
         self._consumer = consumer or kafka_consumer(settings, runner.stage, topics)
+        self._in_flight = metrics.IN_FLIGHT.labels(runner.stage)
 
     async def run(self, stopping: asyncio.Event) -> None:
         self._stopping = stopping
         loop = asyncio.get_running_loop()
-        self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         last_commit = time.monotonic()
         try:
             while not stopping.is_set():
+                self.last_poll = time.monotonic()
                 free = self._concurrency - len(self._tasks)
                 if free <= 0:
                     self._slot_freed.clear()
-                    await _first(self._slot_freed.wait(), stopping.wait())
+                    await _first(self._slot_freed.wait(), stopping.wait(), asyncio.sleep(LOOP_TICK_S))
                     continue
                 for message in await loop.run_in_executor(self._thread, self._take, free):
                     self._dispatch(message)
@@ -263,6 +310,7 @@ class Subscription:
         self._offsets.start(record.topic, record.partition, record.offset)
         task = asyncio.get_running_loop().create_task(self._handle(record))
         self._tasks.add(task)
+        self._in_flight.inc()
 
     async def _handle(self, record: Record) -> None:
         try:
@@ -283,6 +331,7 @@ class Subscription:
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.discard(task)
+            self._in_flight.dec()
             self._slot_freed.set()
 
     def _commit(self, partitions: Sequence[tuple[str, int]] | None) -> None:
@@ -295,6 +344,7 @@ class Subscription:
             log.warning("%s: commit failed: %s", self.runner.stage, exc)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True  # called on every join, with an empty list when there is nothing to take
         if partitions:
             log.info("%s: assigned %s", self.runner.stage, _names(partitions))
 
@@ -307,12 +357,16 @@ class Subscription:
             log.warning("%s: records still in flight on revoked partitions; they may be handled again", self.runner.stage)
         self._commit(revoked)
         self._offsets.forget(revoked)
+        _forget_lag(self.runner.stage, revoked)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The session expired (e.g. the broker was down): the partitions may be someone else's already, so
         there is nothing to wait for or commit; records still in flight may be handled twice."""
         log.warning("%s: lost %s", self.runner.stage, _names(partitions))
-        self._offsets.forget([(p.topic, p.partition) for p in partitions])
+        self.joined = False
+        lost = [(p.topic, p.partition) for p in partitions]
+        self._offsets.forget(lost)
+        _forget_lag(self.runner.stage, lost)
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Finish what is in flight (bounded), commit it, and leave the group so others take over at once."""
@@ -343,7 +397,32 @@ def kafka_consumer(settings: Settings, stage: str, topics: list[str]) -> Consume
         "fetch.max.bytes": 8 * 1024 * 1024,  # a larger single record is still returned whole (KIP-74)
         "receive.message.max.bytes": MAX_MESSAGE_BYTES + 1024 * 1024,
         "fetch.wait.max.ms": 100,
+        "statistics.interval.ms": STATS_INTERVAL_MS,
+        "stats_cb": lambda stats: record_lag(stage, stats),
     })
+
+
+def record_lag(stage: str, stats_json: str) -> None:
+    """Sets thumbs_consumer_lag from a librdkafka statistics report: the partitions this member fetches, with
+    lag = log end (last stable offset) − the group's committed offset; -1 (not known yet) is left out."""
+    try:
+        stats = json.loads(stats_json)
+    except ValueError:
+        return
+    for topic, topic_stats in stats.get("topics", {}).items():
+        for number, partition in topic_stats.get("partitions", {}).items():
+            lag = partition.get("consumer_lag", -1)
+            if number != "-1" and partition.get("fetch_state") == "active" and lag >= 0:
+                metrics.CONSUMER_LAG.labels(stage, topic, number).set(lag)
+
+
+def _forget_lag(stage: str, partitions: Sequence[tuple[str, int]]) -> None:
+    """A partition that moved to another member is reported by that member from now on."""
+    for topic, partition in partitions:
+        try:
+            metrics.CONSUMER_LAG.remove(stage, topic, str(partition))
+        except KeyError:
+            pass
 
 
 def _names(partitions: list[TopicPartition]) -> str:
@@ -362,19 +441,34 @@ Close = Callable[[], Awaitable[None] | None]
 
 @dataclass
 class Built:
-    """What a stage's composition root made: its consumer-group members, and how to close what it opened,
-    in the order to close it (after the members have drained and left the group)."""
+    """What a stage's composition root made: its consumer-group members, how to close what it opened, in the
+    order to close it (after the members have drained and left the group), and the readiness checks of the
+    dependencies it opened."""
 
     subscriptions: list[Subscription]
     closers: list[Close] = field(default_factory=list)
+    checks: dict[str, health.Check] = field(default_factory=dict)
 
 
-def run(built: Built) -> int:
-    """Runs the stage in the foreground until SIGINT/SIGTERM, then finishes in-flight records and closes.
+def run(built: Built, settings: Settings, probe_port: int) -> int:
+    """Runs the stage in the foreground until SIGINT/SIGTERM, then finishes in-flight records and closes;
+    /metrics, /livez and /readyz are served on `probe_port` meanwhile.
 
     Returns the process exit status: 0 after a requested stop, 1 when the edge failed (restart it).
     """
-    return uvloop.run(serve(built.subscriptions, on_stop=built.closers))
+    stage = built.subscriptions[0].runner.stage
+    probes = health.Health(built.subscriptions, built.checks)
+    metrics.identify(stage, settings.renderer_version)
+    metrics.start_series(stage, [topic for member in built.subscriptions for topic in member.topics])
+    tracing.configure(stage)
+    metrics.STAGE_READY.labels(stage).set_function(lambda: float(probes.ready().ok))
+    server = health.serve(settings.metrics_host, probe_port, probes)
+    try:
+        return uvloop.run(serve(built.subscriptions, on_stop=built.closers))
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
 async def serve(subscriptions: list[Subscription], *, on_stop: Sequence[Close] = ()) -> int:

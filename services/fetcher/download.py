@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -10,6 +11,7 @@ from aiohttp import hdrs
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from services.common import metrics
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
 from services.common.settings import Settings
 
@@ -46,6 +48,19 @@ class Downloader:
 
     async def fetch(self, url: str) -> Download:
         """Download `url`; every failure is a PermanentError or TransientError with a stable code."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            download = await self._fetch(url)
+        except ThumbsError as exc:
+            outcome = exc.code.value
+            raise
+        finally:
+            metrics.DOWNLOAD_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+        metrics.DOWNLOAD_BYTES.observe(len(download.data))
+        return download
+
+    async def _fetch(self, url: str) -> Download:
         try:
             async with asyncio.timeout(self._settings.fetch_total_timeout):
                 return await self._follow(validate_url(url))

@@ -4,9 +4,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from functools import partial
 
-from services.common import metrics, stage
-from services.common.cassandra import TRANSIENT_ERRORS, connect
+from services.common import stage
+from services.common.cassandra import TRANSIENT_ERRORS, connect, hosts_up
+from services.common.health import Check
 from services.common.kafka import KafkaPublisher
 from services.common.model import REQUESTED, RETRY, Event, Outgoing
 from services.common.ports import Thumbnails
@@ -23,6 +25,7 @@ def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = Non
                   thumbnails: Thumbnails | None = None) -> stage.Built:
     """The fetcher with real adapters for every port not given; it closes only what it opened."""
     closers: list[stage.Close] = []
+    checks: dict[str, Check] = {}
     if source is None:
         source = downloader = Downloader(settings)
         closers.append(downloader.close)
@@ -33,6 +36,7 @@ def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = Non
         session = connect(settings)
         thumbnails = ThumbnailRepository(session, settings.keyspace)
         closers.append(session.cluster.shutdown)
+        checks["cassandra"] = partial(hosts_up, session)
     version = settings.renderer_version
     policy = RetryPolicy(settings.fetch_max_attempts, settings.fetch_retry_base_seconds)
 
@@ -51,7 +55,7 @@ def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = Non
         stage.Subscription(settings, stage.StageRunner(STAGE, settings, publisher, retried, transient=TRANSIENT_ERRORS),
                            [settings.topic(RETRY)], concurrency=concurrency),
     ]
-    return stage.Built(subscriptions, closers)
+    return stage.Built(subscriptions, closers, checks)
 
 
 def _wait_seconds(headers: Mapping[str, bytes]) -> float:
@@ -63,5 +67,4 @@ def _wait_seconds(headers: Mapping[str, bytes]) -> float:
 
 
 def main(settings: Settings) -> int:
-    metrics.serve(settings.metrics_host, settings.fetcher_metrics_port)
-    return stage.run(build_fetcher(settings))
+    return stage.run(build_fetcher(settings), settings, settings.fetcher_metrics_port)

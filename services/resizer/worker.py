@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import multiprocessing
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -13,9 +12,11 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from functools import partial
 
-from services.common import metrics, stage
-from services.common.cassandra import TRANSIENT_ERRORS, connect
+from services.common import stage
+from services.common.cassandra import TRANSIENT_ERRORS, connect, hosts_up
+from services.common.cpu import usable_cores
 from services.common.errors import ErrorCode, PermanentError
+from services.common.health import Check
 from services.common.kafka import KafkaPublisher
 from services.common.model import FETCHED, Event, Outgoing, Rendition, StoredThumbnail
 from services.common.ports import Thumbnails
@@ -39,7 +40,7 @@ def die_with_parent() -> None:
 
 
 def pool_size(settings: Settings) -> int:
-    return settings.resizer_workers or len(os.sched_getaffinity(0))
+    return settings.resizer_workers or usable_cores()
 
 
 class ProcessRenderer:
@@ -93,6 +94,7 @@ def build_resizer(settings: Settings, *, publisher: stage.Publisher | None = Non
                   render: Render | None = None) -> stage.Built:
     """The resizer with real adapters for every port not given; it closes only what it opened."""
     closers: list[stage.Close] = []
+    checks: dict[str, Check] = {}
     if publisher is None:
         publisher = kafka = KafkaPublisher(settings)
         closers.append(kafka.close)
@@ -100,6 +102,7 @@ def build_resizer(settings: Settings, *, publisher: stage.Publisher | None = Non
         session = connect(settings)
         thumbnails = ThumbnailRepository(session, settings.keyspace)
         closers.append(session.cluster.shutdown)
+        checks["cassandra"] = partial(hosts_up, session)
     if render is None:
         render = pool = ProcessRenderer(settings)
         closers.append(pool.close)
@@ -113,9 +116,8 @@ def build_resizer(settings: Settings, *, publisher: stage.Publisher | None = Non
     # Four records per pool worker: while one renders, the others wait on their Cassandra and Kafka round
     # trips. Two left the cores idle (FullHD bench: 39 tasks/s with 2, 46 with 4, 49 with 8); more only
     # holds more source images in memory.
-    return stage.Built([stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=pool_size(settings) * 4)], closers)
+    return stage.Built([stage.Subscription(settings, runner, [settings.topic(FETCHED)], concurrency=pool_size(settings) * 4)], closers, checks)
 
 
 def main(settings: Settings) -> int:
-    metrics.serve(settings.metrics_host, settings.resizer_metrics_port)
-    return stage.run(build_resizer(settings))
+    return stage.run(build_resizer(settings), settings, settings.resizer_metrics_port)

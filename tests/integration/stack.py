@@ -148,6 +148,7 @@ class Stack:
     env: dict[str, str]
     names: tuple[str, ...] = ("api", "fetcher", "resizer", "projector")
     static_members: bool = False  # as `thumbs run` starts them; off where a test needs a group to empty at once
+    process_env: dict[str, str] = field(default_factory=dict)  # variables without the THUMBS_ prefix (OTEL_*)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -167,7 +168,7 @@ class Stack:
             with open(log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
                 self.processes[name] = subprocess.Popen(
                     [sys.executable, "-m", "services.cli", instance.stage],
-                    env={**os.environ, **self.env,
+                    env={**os.environ, **self.process_env, **self.env,
                          **instance.environment(self.settings, member_id=name if self.static_members else "")},
                     cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                 )
@@ -277,13 +278,14 @@ def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> 
 @contextmanager
 def running_stack(
     kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp: Path,
-    names: tuple[str, ...] = Stack.names, static_members: bool = False, **extra: str,
+    names: tuple[str, ...] = Stack.names, static_members: bool = False, process_env: dict[str, str] | None = None,
+    **extra: str,
 ) -> Iterator[Stack]:
     """An isolated environment (topics and tables created) with `names` running until exit; dropped after."""
     env = isolated_env(kafka_bootstrap, cassandra_contact, tmp, **extra)
     ensure_topics(settings_of(env))
     migrate(settings_of(env))
-    stack = Stack(env, names, static_members)
+    stack = Stack(env, names, static_members, dict(process_env or {}))
     stack.start()
     try:
         stack.wait_ready()
