@@ -9,7 +9,9 @@ from typing import Any
 
 from services.common import logs
 from services.common.settings import Settings, SettingsError, documented, effective
+from services.ops import commands as ops
 from services.replay import commands as replay
+from services.replay import dlq_commands as dlq
 
 # Other installed distributions add subcommands here (thumbs-devtools: `servers` and `run`); a production install
 # has none, so local tooling cannot run there.
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     topics_mode.add_argument("--apply", action="store_true",
                              help="also change existing topics: set differing configs, grow partitions")
     replay.register(commands)
+    dlq.register(commands)
+    ops.register(commands)
     register_installed(commands)
     return parser
 

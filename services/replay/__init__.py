@@ -1,1 +1,1 @@
-"""Replay and reprocessing: rewind a stage's consumer group, re-publish a topic's records, redrive dead letters."""
+"""Replay and reprocessing: rewind a stage's group, re-publish a topic's records, list, show and redrive dead letters."""

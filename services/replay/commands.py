@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 from services.common.model import DLQ, PIPELINE_TOPICS, now_iso
 from services.common.settings import Settings
@@ -12,8 +14,10 @@ from services.common.settings import Settings
 from .core import (
     STAGE_TOPICS,
     ReplayError,
+    Resend,
     RewindTarget,
     check_stage_topic,
+    described,
     epoch_ms,
     parse_time,
     redrive_targets,
@@ -21,6 +25,9 @@ from .core import (
     select,
 )
 from .progress import Progress
+
+if TYPE_CHECKING:  # the Kafka edge is imported when a mode runs, not when the parser is built
+    from .kafka import BoundedRead
 
 DESCRIPTION = """Reprocess records the pipeline has already seen. Every stage's effects are idempotent
 (the same event twice gives one outcome and one stored thumbnail), so replays are safe to repeat.
@@ -35,7 +42,8 @@ DESCRIPTION = """Reprocess records the pipeline has already seen. Every stage's 
              thumbs-redriven, once the cause of their rejection is fixed.
 
 Times are ISO 8601 (2026-11-28T10:15:00Z); without a zone they mean UTC. Topic names are given
-without THUMBS_TOPIC_PREFIX. Reads stop at the end the topic had when the command started."""
+without THUMBS_TOPIC_PREFIX. Reads stop at the end the topic had when the command started.
+republish and redrive take --dry-run (list what would be sent, send nothing) and --limit N."""
 
 
 def register(commands: Any) -> None:
@@ -68,6 +76,7 @@ def register(commands: Any) -> None:
     republish.add_argument("--since", type=_time, metavar="ISO", help="records written at or after this time")
     republish.add_argument("--until", type=_time, metavar="ISO", help="records written before this time")
     republish.add_argument("--task-id", nargs="+", default=[], metavar="ID", help="only these tasks' events")
+    _add_sending_options(republish)
     republish.set_defaults(handler=run_republish)
 
     redrive = modes.add_parser("redrive", help="send dead-lettered records back to their source topics",
@@ -77,7 +86,24 @@ def register(commands: Any) -> None:
     redrive.add_argument("--reason", metavar="TEXT", help="only dead letters whose reason contains this text (any case)")
     redrive.add_argument("--stage", choices=sorted(STAGE_TOPICS), help="only dead letters of this stage")
     redrive.add_argument("--since", type=_time, metavar="ISO", help="only records dead-lettered at or after this time")
+    _add_sending_options(redrive)
     redrive.set_defaults(handler=run_redrive)
+
+
+def _add_sending_options(mode: argparse.ArgumentParser) -> None:
+    mode.add_argument("--dry-run", action="store_true", help="print each record that would be sent, send nothing")
+    mode.add_argument("--limit", type=positive, metavar="N", help="send at most N records (the first N selected)")
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return number
 
 
 def _time(text: str) -> Any:
@@ -87,16 +113,24 @@ def _time(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _guarded(run: Any) -> Any:
-    """Maps a ReplayError to a message on stderr and exit status 1."""
-    def wrapper(settings: Settings, args: argparse.Namespace) -> int:
-        try:
-            return int(run(settings, args))
-        except ReplayError as exc:
-            print(f"thumbs replay: {exc}", file=sys.stderr)
-            return 1
-    wrapper.__doc__ = run.__doc__
-    return wrapper
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def guarded(command: str) -> Callable[[Handler], Handler]:
+    """Maps a ReplayError to `<command>: <message>` on stderr and exit status 1."""
+    def decorate(run: Handler) -> Handler:
+        def wrapper(settings: Settings, args: argparse.Namespace) -> int:
+            try:
+                return run(settings, args)
+            except ReplayError as exc:
+                print(f"{command}: {exc}", file=sys.stderr)
+                return 1
+        wrapper.__doc__ = run.__doc__
+        return wrapper
+    return decorate
+
+
+_guarded = guarded("thumbs replay")
 
 
 @_guarded
@@ -122,19 +156,19 @@ def run_rewind(settings: Settings, args: argparse.Namespace) -> int:
 
 @_guarded
 def run_republish(settings: Settings, args: argparse.Namespace) -> int:
-    from .kafka import BoundedRead, publish_all
+    from .kafka import BoundedRead
 
     read = BoundedRead(settings, settings.topic(args.topic), epoch_ms(args.since) if args.since else None)
     progress = Progress("republish", read.total)
     at = now_iso()
     chosen = select(_counted(read, progress), args.since, args.until, args.task_id)
-    asyncio.run(publish_all(settings, (replayed(r, at) for r in chosen), progress))
-    return _finish(progress, read.stalled)
+    _send(settings, read, (replayed(r, at) for r in chosen), progress, args)
+    return _finish(progress, read.stalled, args.dry_run)
 
 
 @_guarded
 def run_redrive(settings: Settings, args: argparse.Namespace) -> int:
-    from .kafka import BoundedRead, publish_all
+    from .kafka import BoundedRead
 
     read = BoundedRead(settings, settings.topic(DLQ), epoch_ms(args.since) if args.since else None)
     progress = Progress("redrive", read.total)
@@ -142,8 +176,30 @@ def run_redrive(settings: Settings, args: argparse.Namespace) -> int:
     chosen = redrive_targets(
         _counted(read, progress), args.reason, stage=args.stage, since=args.since, allowed_topics=ours, at=now_iso()
     )
-    asyncio.run(publish_all(settings, chosen, progress))
-    return _finish(progress, read.stalled)
+    _send(settings, read, chosen, progress, args)
+    return _finish(progress, read.stalled, args.dry_run)
+
+
+def _send(settings: Settings, read: BoundedRead, resends: Iterable[Resend], progress: Progress, args: argparse.Namespace) -> None:
+    """Publishes (or, in a dry run, prints) the records, at most --limit of them; reading stops at the limit."""
+    from .kafka import publish_all
+
+    chosen = islice(resends, args.limit)
+    try:
+        if args.dry_run:
+            for line in _dry_run(chosen, progress):
+                print(line)
+        else:
+            asyncio.run(publish_all(settings, chosen, progress))
+    finally:
+        read.close()
+
+
+def _dry_run(resends: Iterable[Resend], progress: Progress) -> Iterator[str]:
+    for resend in resends:
+        progress.selected += 1
+        progress.tick()
+        yield described(resend)
 
 
 def _counted(records: Any, progress: Progress) -> Any:
@@ -153,8 +209,10 @@ def _counted(records: Any, progress: Progress) -> Any:
         yield record
 
 
-def _finish(progress: Progress, stalled: list[int]) -> int:
+def _finish(progress: Progress, stalled: list[int], dry_run: bool = False) -> int:
     print(progress.summary())
+    if dry_run:
+        print("dry run: nothing published")
     if stalled:
         print(f"thumbs replay: stopped early, partitions {stalled} sent nothing for a while", file=sys.stderr)
         return 1

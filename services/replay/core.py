@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.common.events import decode
-from services.common.model import COMPLETED, FAILED, FETCHED, HASHED, REQUESTED, RETRY, EventError, Record
+from services.common.model import COMPLETED, FAILED, FETCHED, HASHED, REPLAY_HEADER, REQUESTED, RETRY, EventError, Record
 
 Headers = tuple[tuple[str, bytes], ...]
-REPLAY_HEADER = "thumbs-replay"
 REDRIVE_HEADER = "thumbs-redriven"
 # Which topics each stage's consumer group reads (see each stage's worker.py).
 STAGE_TOPICS = {
@@ -92,6 +91,24 @@ def replayed(record: Record, at: str) -> Resend:
     return Resend(record.topic, record.key, record.value or b"", stamped(record.headers, REPLAY_HEADER, at))
 
 
+def described(resend: Resend) -> str:
+    """One line for a record a dry run would send: where, which task, how big."""
+    try:
+        task = decode(resend.value, resend.headers).task_id
+    except EventError:
+        task = "-"
+    key = "-" if resend.key is None else resend.key.decode("utf-8", "backslashreplace")
+    return f"would send to {resend.topic}: task {task}, key {key}, {len(resend.value)} bytes"
+
+
+@dataclass(frozen=True)
+class Omitted:
+    """An original value too large to have been kept in the dead letter: what is left of it."""
+
+    size: int
+    sha256: str
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A thumbnail.dlq record (schemas/thumbnail.dlq.v1.json) with the original record decoded."""
@@ -105,25 +122,33 @@ class DeadLetter:
     value: bytes
     headers: Headers
     dead_lettered_ms: int
+    omitted: Omitted | None = None
 
 
-def parse_dead_letter(record: Record) -> DeadLetter | None:
-    """None for a DLQ record this code cannot read back (it is reported as skipped, never guessed at)."""
+def read_dead_letter(record: Record) -> DeadLetter | None:
+    """Any DLQ record this code can read, those whose original value was left out included; None otherwise."""
     try:
         doc = json.loads(record.value or b"")
-        if "original_value_omitted" in doc:  # too large to have been kept: nothing to send back
-            return None
         key = doc.get("original_key_base64")
         headers = tuple((str(n), base64.b64decode(v) if v else b"") for n, v in doc["original_headers"])
+        left_out = doc.get("original_value_omitted")
         return DeadLetter(
             reason=str(doc["reason"]), stage=str(doc["stage"]), source_topic=str(doc["source_topic"]),
             partition=int(doc["partition"]), offset=int(doc["offset"]),
             key=base64.b64decode(key) if key is not None else None,
             value=base64.b64decode(doc["original_value_base64"]), headers=headers,
             dead_lettered_ms=record.timestamp_ms,
+            omitted=Omitted(int(left_out["size"]), str(left_out["sha256"])) if left_out is not None else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         return None
+
+
+def parse_dead_letter(record: Record) -> DeadLetter | None:
+    """A dead letter that can be redriven; None for one this code cannot read back (reported as skipped, never
+    guessed at) or whose value was too large to have been kept (nothing to send back)."""
+    letter = read_dead_letter(record)
+    return None if letter is None or letter.omitted is not None else letter
 
 
 def redrive_targets(

@@ -46,10 +46,7 @@ class BoundedRead:
         self.total = sum(end - start for start, end in self._plan.values())
 
     def _bounds(self) -> dict[int, tuple[int, int]]:
-        metadata = self._consumer.list_topics(self.topic, timeout=TIMEOUT_S).topics.get(self.topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise ReplayError(f"no topic {self.topic} (is the topic prefix right?)")
-        partitions = sorted(metadata.partitions)
+        partitions = partitions_of(self._consumer, self.topic)
         ends = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=TIMEOUT_S) for p in partitions}
         starts = {p: ends[p][0] for p in partitions}
         if self.since_ms is not None:
@@ -77,6 +74,10 @@ class BoundedRead:
         finally:
             self._consumer.close()
 
+    def close(self) -> None:
+        """Ends a read stopped early (by a --limit) now rather than whenever its iterator is collected."""
+        self._consumer.close()
+
     def _close_finished(self, open_: dict[int, int]) -> None:
         """Done with a partition once its position reaches the start high-water mark (gaps included)."""
         positions = self._consumer.position([TopicPartition(self.topic, p) for p in open_])
@@ -85,6 +86,46 @@ class BoundedRead:
             del open_[tp.partition]
         if finished:
             self._consumer.pause(finished)
+
+
+def partitions_of(consumer: Consumer, topic: str) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=TIMEOUT_S).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise ReplayError(f"no topic {topic} (is the topic prefix right?)")
+    return sorted(metadata.partitions)
+
+
+def read_one(settings: Settings, topic: str, partition: int | None, offset: int) -> Record:
+    """The record at `offset` of a partition; `partition` None means the topic's only one."""
+    consumer = Consumer({
+        **client_config(settings), "group.id": f"{settings.topic_prefix}thumbs-dlq-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "enable.auto.offset.store": False,
+    })
+    try:
+        partitions = partitions_of(consumer, topic)
+        if partition is None and len(partitions) > 1:
+            raise ReplayError(f"{topic} has {len(partitions)} partitions: give PARTITION:OFFSET, as `thumbs dlq list` prints it")
+        partition = partitions[0] if partition is None else partition
+        if partition not in partitions:
+            raise ReplayError(f"{topic} has no partition {partition} (it has 0 to {len(partitions) - 1})")
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=TIMEOUT_S)
+        if not low <= offset < high:
+            holds = f"offsets {low} to {high - 1}" if high > low else "no records"
+            raise ReplayError(f"{topic}[{partition}] holds {holds}, not offset {offset}")
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        for _ in range(int(TIMEOUT_S)):
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error() is not None:
+                raise ReplayError(f"reading {topic}[{partition}]: {message.error()}")
+            record = record_of(message)
+            if record.offset != offset:  # a transaction marker sits there: no record of ours
+                raise ReplayError(f"{topic}[{partition}] has no record at offset {offset} (the next is at {record.offset})")
+            return record
+        raise ReplayError(f"{topic}[{partition}]@{offset} not read within {TIMEOUT_S:.0f} s")
+    finally:
+        consumer.close()
 
 
 async def publish_all(settings: Settings, resends: Iterable[Resend], progress: Progress) -> None:
@@ -131,10 +172,7 @@ def plan_rewind(settings: Settings, group: str, topic: str, target: RewindTarget
     """Per partition: the group's committed offset now and the one the rewind would commit."""
     consumer = Consumer({**client_config(settings), "group.id": group, "enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(topic, timeout=TIMEOUT_S).topics.get(topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise ReplayError(f"no topic {topic} (is the topic prefix right?)")
-        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+        partitions = [TopicPartition(topic, p) for p in partitions_of(consumer, topic)]
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=TIMEOUT_S)}
         at_time: dict[int, int] = {}
         if target.at is not None:

@@ -16,8 +16,10 @@ from services.replay.core import (
     REDRIVE_HEADER,
     REPLAY_HEADER,
     ReplayError,
+    Resend,
     RewindTarget,
     check_stage_topic,
+    described,
     epoch_ms,
     parse_dead_letter,
     parse_time,
@@ -166,6 +168,27 @@ def test_cli_parses_each_mode() -> None:
     assert republish.task_id == [task] and republish.since is None
     redrive = parser.parse_args(["replay", "redrive", "--reason", "TypeError", "--stage", "projector"])
     assert (redrive.reason, redrive.stage) == ("TypeError", "projector")
+
+
+def test_republish_and_redrive_take_a_dry_run_and_a_limit() -> None:
+    parser = build_parser()
+    for mode in (["republish", "--topic", "thumbnail.requested"], ["redrive"]):
+        plain = parser.parse_args(["replay", *mode])
+        assert (plain.dry_run, plain.limit) == (False, None)  # without them: every selected record, sent
+        chosen = parser.parse_args(["replay", *mode, "--dry-run", "--limit", "3"])
+        assert (chosen.dry_run, chosen.limit) == (True, 3)
+        for wrong in ("0", "-1", "x"):
+            with pytest.raises(SystemExit):
+                parser.parse_args(["replay", *mode, "--limit", wrong])
+
+
+def test_a_dry_run_line_names_the_topic_task_key_and_size() -> None:
+    task = str(uuid.uuid4())
+    value = requested(task)
+    assert described(Resend("p.thumbnail.requested", task.encode(), value, ())) == (
+        f"would send to p.thumbnail.requested: task {task}, key {task}, {len(value)} bytes"
+    )
+    assert described(Resend("p.thumbnail.fetched", None, b"\xff", ())) == "would send to p.thumbnail.fetched: task -, key -, 1 bytes"
 
 
 def test_cli_requires_exactly_one_rewind_target() -> None:

@@ -1,0 +1,1 @@
+"""Operator views of the running pipeline that change nothing: consumer lag."""
