@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 THUMBS := $(VENV)/bin/thumbs
 PYTEST_ARGS ?=
 
-.PHONY: install servers stop status run test lock
+.PHONY: install servers stop status run test test-tools lock
 
 # The stamp makes `install` a no-op until a pyproject.toml changes; devtools/ is the local tooling (servers, run).
 $(VENV)/.installed: pyproject.toml devtools/pyproject.toml
@@ -28,7 +28,11 @@ status: install
 run: servers
 	$(THUMBS) run
 
-test: servers
+# What the deploy/k8s tests check with: kustomize and the operators' CRDs (pinned, into .thumbs/tools).
+test-tools:
+	bash devtools/test-tools/kustomize.sh
+
+test: servers test-tools
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # The image's runtime dependencies, pinned with hashes (deploy/Dockerfile); rerun after changing them in pyproject.toml.
