@@ -28,9 +28,10 @@ status: install
 run: servers
 	$(THUMBS) run
 
-# What the deploy/k8s tests check with: kustomize and the operators' CRDs (pinned, into .thumbs/tools).
+# What the deploy/ tests check with: kustomize and the operators' CRDs (pinned, into .thumbs/tools), and promtool.
 test-tools:
 	bash devtools/test-tools/kustomize.sh
+	bash devtools/test-tools/promtool.sh
 
 test: servers test-tools
 	$(PY) -m pytest tests $(PYTEST_ARGS)
