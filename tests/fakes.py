@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from services.common.kafka import PublishError
-from services.common.model import TASK_COLUMNS, Event, StoredThumbnail, TaskUpdate, TaskView
+from services.common.model import TASK_COLUMNS, Event, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView
 from services.common.status import Status
 
 
@@ -56,6 +57,45 @@ class FakeThumbnails:
     async def put(self, sha256: str, rendition_key: str, thumbnail: StoredThumbnail) -> None:
         self.puts += 1
         self.rows[(sha256, rendition_key)] = thumbnail
+
+
+class FakeIdempotencyKeys:
+    """Claims in a dict, with the conditional writes of the Cassandra repository."""
+
+    def __init__(self) -> None:
+        self.claims: dict[tuple[str, str], IdempotencyClaim] = {}
+        self.down = False
+
+    async def claim(self, scope: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim | None:
+        self._refuse()
+        existing = self.claims.get((scope, key))
+        if existing is None:
+            self.claims[(scope, key)] = claim
+        return existing
+
+    async def published(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
+        self._refuse()
+        existing = self.claims.get((scope, key))
+        if existing is not None and existing.task_id == claim.task_id:
+            self.claims[(scope, key)] = replace(existing, published=True)
+
+    async def release(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
+        self._refuse()
+        existing = self.claims.get((scope, key))
+        if existing is not None and existing.task_id == claim.task_id and not existing.published:
+            del self.claims[(scope, key)]
+
+    async def take_over(self, scope: str, key: str, stale: IdempotencyClaim, now: datetime) -> bool:
+        self._refuse()
+        existing = self.claims.get((scope, key))
+        if existing is None or existing.claimed_at != stale.claimed_at or existing.published:
+            return False
+        self.claims[(scope, key)] = replace(stale, claimed_at=now)
+        return True
+
+    def _refuse(self) -> None:
+        if self.down:
+            raise ConnectionError("store down")
 
 
 @dataclass

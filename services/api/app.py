@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,12 +21,15 @@ from swagger_ui_bundle import swagger_ui_path
 from services.common import tracing
 from services.common.kafka import PublishError
 from services.common.metrics import STAGE_READY, identify
-from services.common.model import Event, Requested, StoredThumbnail, TaskView
-from services.common.ports import Tasks, Thumbnails
+from services.common.model import Event, IdempotencyClaim, Requested, StoredThumbnail, TaskView
+from services.common.ports import IdempotencyKeys, Tasks, Thumbnails
 from services.common.settings import Settings
 from services.common.status import Status
 from services.projector.core import project
 
+from . import idempotency
+from .backlog_watch import LagReader, refuse_when_full, start_watching, stop_watching
+from .backpressure import Backlog
 from .metrics import HttpMetrics
 from .openapi import DOCS_HTML, openapi_spec
 from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request
@@ -46,30 +50,41 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}, "message": message}, status, headers)
 
 
+def store_unavailable() -> ApiError:
+    return ApiError(503, "UNAVAILABLE", "the task store is unavailable, try again shortly", {"Retry-After": "5"})
+
+
 def create_app(
     settings: Settings,
     *,
     publisher: Publisher | None = None,
     tasks: Tasks | None = None,
     thumbnails: Thumbnails | None = None,
+    idempotency_keys: IdempotencyKeys | None = None,
+    lag_reader: LagReader | None = None,
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         identify("api", settings.renderer_version)
         tracing.configure("api")
         closers: list[Callable[[], None]] = []
-        if publisher is None or tasks is None or thumbnails is None:
+        if publisher is None or tasks is None or thumbnails is None or idempotency_keys is None:
             from .wiring import real_adapters  # imported late: no clients at import time
 
             built, closers = real_adapters(settings)
             app.state.publisher = publisher or built.publisher
             app.state.tasks = tasks or built.tasks
             app.state.thumbnails = thumbnails or built.thumbnails
+            app.state.idempotency_keys = idempotency_keys or built.idempotency_keys
         else:
             app.state.publisher, app.state.tasks, app.state.thumbnails = publisher, tasks, thumbnails
+            app.state.idempotency_keys = idempotency_keys
+        app.state.backlog = Backlog(settings.max_backlog)
+        watcher = start_watching(app.state.backlog, settings, lag_reader)  # None while THUMBS_MAX_BACKLOG is 0
         try:
             yield
         finally:
+            await stop_watching(watcher)
             for close in closers:
                 close()
 
@@ -102,11 +117,28 @@ async def submit(request: Request) -> Response:
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
     source_url, rendition = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
+    refuse_when_full(request.app.state.backlog)  # after validation: bad input gets its 4xx, not an invitation to retry
     event_id = str(uuid.uuid4())
     event = Event(
         task_id=str(uuid.uuid4()), payload=Requested(source_url, rendition), producer="api",
         event_id=event_id, correlation_id=event_id,
     )
+    headers = {}
+    if key is None:
+        await _accept(request, event)
+    else:
+        accepted = await _accept_once(request, key, event)
+        if accepted is not event:
+            headers["Idempotent-Replayed"] = "true"
+        event = accepted
+    request.state.task_id = event.task_id  # for the access log line
+    headers["Location"] = f"/thumbnail?task_id={event.task_id}"
+    return JSONResponse({"task_id": event.task_id}, 202, headers)
+
+
+async def _accept(request: Request, event: Event) -> None:
+    """Publishes the requested event and records the task PENDING."""
     try:
         await request.app.state.publisher.publish_event(event, tracing.carried(()))  # the request's trace, when on
     except PublishError as exc:
@@ -118,9 +150,52 @@ async def submit(request: Request) -> Response:
         await request.app.state.tasks.apply(project(event))
     except Exception as exc:  # noqa: BLE001 - the task is accepted; the projector writes the row too
         log.warning("could not record PENDING for %s: %s", event.task_id, exc)
-    request.state.task_id = event.task_id  # for the access log line
-    location = f"/thumbnail?task_id={event.task_id}"
-    return JSONResponse({"task_id": event.task_id}, 202, {"Location": location})
+
+
+async def _accept_once(request: Request, key: str, event: Event) -> Event:
+    """`_accept` once per Idempotency-Key: returns the event of the key's task, accepted now or by an earlier request
+    (the same object as `event` only when this request's task is the one accepted)."""
+    keys = request.app.state.idempotency_keys
+    assert isinstance(event.payload, Requested)
+    request_fingerprint = idempotency.fingerprint(event.payload.source_url, event.payload.rendition)
+    claim = IdempotencyClaim(event.task_id, event.event_id, request_fingerprint, idempotency.claim_time())
+    try:
+        existing = await keys.claim(idempotency.SCOPE, key, claim)
+    except Exception as exc:  # noqa: BLE001 - any driver failure: the key cannot be checked, so nothing is accepted
+        log.warning("idempotency claim failed: %s", exc)
+        raise store_unavailable() from None
+    if existing is not None:
+        decision = idempotency.decide(existing, request_fingerprint, idempotency.claim_time())
+        if decision is idempotency.Decision.CONFLICT:
+            raise idempotency.conflict_error()
+        if decision is idempotency.Decision.IN_FLIGHT:
+            raise idempotency.in_flight_error()
+        earlier = replace(event, task_id=existing.task_id, event_id=existing.event_id, correlation_id=existing.event_id)
+        if decision is idempotency.Decision.REUSE:
+            return earlier
+        # TAKE_OVER: the first request died before its publish was acknowledged; publish the same task now.
+        claim = replace(existing, claimed_at=idempotency.claim_time())
+        try:
+            taken = await keys.take_over(idempotency.SCOPE, key, existing, claim.claimed_at)
+        except Exception as exc:  # noqa: BLE001 - unknown outcome: the next retry finds the claim and decides again
+            log.warning("idempotency take-over failed: %s", exc)
+            raise store_unavailable() from None
+        if not taken:
+            raise idempotency.in_flight_error()
+        event = earlier
+    try:
+        await _accept(request, event)
+    except ApiError:
+        try:
+            await keys.release(idempotency.SCOPE, key, claim)  # nothing was accepted: a retry starts afresh
+        except Exception as exc:  # noqa: BLE001 - then the claim goes stale and a retry takes it over
+            log.warning("could not release idempotency key: %s", exc)
+        raise
+    try:
+        await keys.published(idempotency.SCOPE, key, claim)
+    except Exception as exc:  # noqa: BLE001 - accepted; a retry within 30 s is told to wait, later it re-publishes
+        log.warning("could not mark idempotency key published: %s", exc)
+    return event
 
 
 async def _task(request: Request) -> TaskView:
@@ -129,7 +204,7 @@ async def _task(request: Request) -> TaskView:
         view: TaskView | None = await request.app.state.tasks.get(task_id)
     except Exception as exc:  # noqa: BLE001 - any driver failure means the store is unavailable
         log.warning("task lookup failed: %s", exc)
-        raise ApiError(503, "UNAVAILABLE", "the task store is unavailable, try again shortly", {"Retry-After": "5"}) from None
+        raise store_unavailable() from None
     if view is None:
         raise ApiError(404, "TASK_NOT_FOUND", f"no task {task_id}")
     return view

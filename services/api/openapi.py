@@ -33,8 +33,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "Unknown task.",
         413: "Request body over 16 KiB.",
         415: "Body is not application/json.",
+        409: "The Idempotency-Key was used with another request, or its first request is still being accepted.",
         422: "Well-formed but invalid input.",
-        503: "Kafka or Cassandra unavailable; retry after Retry-After seconds.",
+        503: "Kafka or Cassandra unavailable, or (POST) the backlog over THUMBS_MAX_BACKLOG; retry after Retry-After seconds.",
     }
     return {str(s): _json("Error", texts[s], RETRY_AFTER if s == 503 else None) for s in statuses}
 
@@ -65,14 +66,22 @@ def openapi_spec() -> dict[str, Any]:
             "/thumbnail": {
                 "post": {
                     "summary": "Request a thumbnail",
+                    "parameters": [{
+                        "name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                        "description": "Retries with the same key and body within 24 hours answer the same task_id "
+                                       "and create nothing; the same key with another body answers 409.",
+                    }],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ThumbnailRequest"}}},
                     },
                     "responses": {
                         "202": _json("Accepted", "Accepted: the request is durably queued.", {
-                            "Location": {"schema": {"type": "string"}, "description": "The status URL."}}),
-                        **_errors(400, 413, 415, 422, 503),
+                            "Location": {"schema": {"type": "string"}, "description": "The status URL."},
+                            "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
+                                                    "description": "The task of an earlier request with this key."}}),
+                        **_errors(400, 409, 413, 415, 422, 503),
                     },
                 },
                 "get": {

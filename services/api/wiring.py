@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.common.cassandra import connect
 from services.common.kafka import KafkaPublisher
-from services.common.repositories import TaskRepository, ThumbnailRepository
+from services.common.repositories import IdempotencyRepository, TaskRepository, ThumbnailRepository
 from services.common.settings import Settings
 
 # The API answers 503 when Kafka does not acknowledge within this time, rather than hang the client.
@@ -18,6 +18,7 @@ class Adapters:
     publisher: KafkaPublisher
     tasks: TaskRepository
     thumbnails: ThumbnailRepository
+    idempotency_keys: IdempotencyRepository
 
 
 def real_adapters(settings: Settings) -> tuple[Adapters, list[Callable[[], None]]]:
@@ -27,5 +28,6 @@ def real_adapters(settings: Settings) -> tuple[Adapters, list[Callable[[], None]
         publisher,
         TaskRepository(session, settings.keyspace, settings.task_ttl_seconds),
         ThumbnailRepository(session, settings.keyspace),
+        IdempotencyRepository(session, settings.keyspace),
     )
     return adapters, [publisher.close, session.cluster.shutdown]

@@ -73,6 +73,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE {keyspace}.tasks WITH speculative_retry = '50ms'",
         "ALTER TABLE {keyspace}.thumbnails WITH speculative_retry = '50ms'",
     )),
+    Migration(3, "idempotency keys, kept a day", (
+        """CREATE TABLE IF NOT EXISTS {keyspace}.idempotency_keys (
+        scope text,
+        idempotency_key text,
+        task_id uuid,
+        event_id uuid,
+        fingerprint text,
+        claimed_at timestamp,
+        published boolean,
+        PRIMARY KEY ((scope, idempotency_key))
+        ) WITH default_time_to_live = 86400""",
+    )),
 )
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (
@@ -95,7 +107,8 @@ class MigrationError(RuntimeError):
 
 @lru_cache(maxsize=64)
 def _row_type(columns: tuple[str, ...]) -> Any:
-    return namedtuple("Row", columns)
+    # A lightweight transaction's answer has the column "[applied]": read as `applied`, as the driver's factory does.
+    return namedtuple("Row", [name.strip("[]") for name in columns])
 
 
 def cached_named_tuple_factory(columns: list[str], rows: list[tuple[Any, ...]]) -> list[Any]:

@@ -48,6 +48,11 @@ HTTP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
+BACKPRESSURE_REJECTIONS = Counter(
+    "thumbs_backpressure_rejections_total", "POST /thumbnail requests refused with 503 because the fetchers' backlog was full."
+)
+BACKLOG_RECORDS = Gauge("thumbs_backlog_records", "The fetchers' lag on thumbnail.requested, as the API last read it.")
+
 
 def count_outputs(stage: str, outputs: list[Outgoing]) -> None:
     for out in outputs:

@@ -190,6 +190,18 @@ class TaskView:
 
 
 @dataclass(frozen=True)
+class IdempotencyClaim:
+    """What an Idempotency-Key stands for: the task (and its requested event's id) the first request with it created,
+    that request's fingerprint, and whether its event was published."""
+
+    task_id: str
+    event_id: str
+    fingerprint: str
+    claimed_at: datetime
+    published: bool = False
+
+
+@dataclass(frozen=True)
 class StoredThumbnail:
     content_type: str
     width: int

@@ -1,9 +1,10 @@
 """The storage ports the cores and the API depend on; Cassandra repositories implement them, fakes stand in for tests."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
-from .model import StoredThumbnail, TaskUpdate, TaskView
+from .model import IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView
 
 
 class Thumbnails(Protocol):
@@ -22,3 +23,19 @@ class Tasks(Protocol):
     async def get(self, task_id: str) -> TaskView | None: ...
 
     async def ping(self) -> None: ...
+
+
+class IdempotencyKeys(Protocol):
+    """Claims of Idempotency-Key values, each written once (a lightweight transaction) and kept for a day."""
+
+    async def claim(self, scope: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim | None:
+        """Records `claim` unless the key has one; returns None when recorded, else the existing claim."""
+
+    async def published(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
+        """Marks the claim's event published."""
+
+    async def release(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
+        """Drops an unpublished claim (its publish failed), so that a retry starts afresh."""
+
+    async def take_over(self, scope: str, key: str, stale: IdempotencyClaim, now: datetime) -> bool:
+        """Renews a stale unpublished claim for this request; False when another request renewed it first."""

@@ -1,14 +1,17 @@
 """Cassandra repositories for tasks and thumbnails, each statement prepared once."""
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from cassandra import WriteTimeout
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
 from .cassandra import execute
-from .model import TASK_COLUMNS, StoredThumbnail, TaskUpdate, TaskView
+from .model import TASK_COLUMNS, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView
 from .status import Status
 
 
@@ -77,3 +80,58 @@ class ThumbnailRepository:
     async def put(self, sha256: str, rendition_key: str, thumbnail: StoredThumbnail) -> None:
         params = [sha256, rendition_key, thumbnail.data, thumbnail.content_type, thumbnail.width, thumbnail.height]
         await execute(self._session, self._put, params, operation="thumbnail_write")
+
+
+class IdempotencyRepository:
+    """Idempotency-Key claims, one partition per (scope, key), every write a lightweight transaction so that two API
+    processes racing on one key agree on a single winner. Every cell of a claim carries the same expiry (the
+    table's day, counted from `claimed_at`), so a claim vanishes whole."""
+
+    LIFETIME = timedelta(seconds=86400)  # the table's default_time_to_live (migration 3)
+    CLAIM_ATTEMPTS = 4
+
+    def __init__(self, session: Session, keyspace: str) -> None:
+        self._session = session
+        table = f"{keyspace}.idempotency_keys"
+        where = "WHERE scope = ? AND idempotency_key = ?"
+        self._claim = session.prepare(
+            f"INSERT INTO {table} (scope, idempotency_key, task_id, event_id, fingerprint, claimed_at, published) "
+            f"VALUES (?, ?, ?, ?, ?, ?, false) IF NOT EXISTS")
+        self._published = session.prepare(f"UPDATE {table} USING TTL ? SET published = true {where} IF task_id = ?")
+        self._release = session.prepare(f"DELETE FROM {table} {where} IF task_id = ? AND published = false")
+        self._take_over = session.prepare(
+            f"UPDATE {table} USING TTL ? SET task_id = ?, event_id = ?, fingerprint = ?, claimed_at = ?, published = false "
+            f"{where} IF claimed_at = ? AND published = false")
+
+    async def claim(self, scope: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim | None:
+        params = [scope, key, uuid.UUID(claim.task_id), uuid.UUID(claim.event_id), claim.fingerprint, claim.claimed_at]
+        for attempt in range(1, self.CLAIM_ATTEMPTS + 1):
+            try:
+                (row,) = await execute(self._session, self._claim, params, operation="idempotency_claim")
+                break
+            except WriteTimeout:
+                # Contended or slow Paxos: the claim may or may not be written. Asking again settles it, since a
+                # written claim of ours comes back as the existing one, naming our task.
+                if attempt == self.CLAIM_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.02, 0.1) * attempt)  # jittered, so racing processes spread out
+        if row.applied or str(row.task_id) == claim.task_id:
+            return None
+        return IdempotencyClaim(str(row.task_id), str(row.event_id), row.fingerprint,
+                                row.claimed_at.replace(tzinfo=UTC), bool(row.published))
+
+    async def published(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
+        params = [self._remaining(claim.claimed_at), scope, key, uuid.UUID(claim.task_id)]
+        await execute(self._session, self._published, params, operation="idempotency_publish")
+
+    async def release(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
+        await execute(self._session, self._release, [scope, key, uuid.UUID(claim.task_id)], operation="idempotency_release")
+
+    async def take_over(self, scope: str, key: str, stale: IdempotencyClaim, now: datetime) -> bool:
+        params = [int(self.LIFETIME.total_seconds()), uuid.UUID(stale.task_id), uuid.UUID(stale.event_id),
+                  stale.fingerprint, now, scope, key, stale.claimed_at]
+        (row,) = await execute(self._session, self._take_over, params, operation="idempotency_take_over")
+        return bool(row.applied)
+
+    def _remaining(self, claimed_at: datetime) -> int:
+        return max(1, int((claimed_at + self.LIFETIME - datetime.now(UTC)).total_seconds()))

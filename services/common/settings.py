@@ -87,6 +87,10 @@ class Settings:
     api_host: str = _setting("127.0.0.1", "Address the HTTP API binds to (its /metrics is served there too).")
     metrics_host: str = _setting("127.0.0.1", "Address every stage's /metrics binds to (0.0.0.0 in a container).")
     api_port: int = _setting(8080, "Port of the HTTP API (its /metrics is served there too).")
+    max_backlog: int = _setting(
+        0, "Records of thumbnail.requested the fetchers may lag behind before POST /thumbnail answers 503 "
+        "with Retry-After (0 turns the check off)."
+    )
     fetcher_metrics_port: int = _setting(9101, "Port of the fetcher's /metrics (0 turns it off).")
     resizer_metrics_port: int = _setting(9102, "Port of the resizer's /metrics (0 turns it off).")
     projector_metrics_port: int = _setting(9103, "Port of the projector's /metrics (0 turns it off).")

@@ -1,7 +1,8 @@
-"""Kafka edge of `thumbs lag`: the offsets the lag is computed from, read with one admin client."""
+"""Kafka edge of `thumbs lag` and of the API's backlog: the offsets the lag is computed from, read with an admin client."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -14,17 +15,21 @@ from .lag import GroupLag, LagError, Partition, group_lag
 
 
 def read_lag(settings: Settings, groups: Mapping[str, Sequence[str]]) -> list[GroupLag]:
-    """Each group's lag on the topics it reads (group name -> topic names, prefixes applied)."""
+    """Each group's lag on the topics it reads (group name -> topic names, prefixes applied), with its members."""
     admin = AdminClient(client_config(settings))
     try:
-        watermarks = _watermarks(admin, sorted({t for topics in groups.values() for t in topics}))
         lags = []
         for group, topics in groups.items():
             state, members = group_members(admin, group)
-            lags.append(group_lag(group, topics, watermarks, _committed(admin, group), state=state, members=members))
+            lags.append(replace(position(admin, group, topics), state=state, members=members))
         return lags
     except KafkaException as exc:  # an unreachable broker or a refused request: one line, not a traceback
         raise LagError(f"Kafka: {exc.args[0] if exc.args else exc}") from None
+
+
+def position(admin: AdminClient, group: str, topics: Sequence[str]) -> GroupLag:
+    """The group's lag on `topics`, without describing the group: for a caller that reads it every second."""
+    return group_lag(group, topics, _watermarks(admin, topics), _committed(admin, group))
 
 
 def _watermarks(admin: AdminClient, topics: Sequence[str]) -> dict[Partition, tuple[int, int]]:

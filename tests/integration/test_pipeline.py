@@ -88,6 +88,22 @@ def test_get_right_after_post_never_answers_404(client: httpx.Client, images: Im
         assert response.status_code in (200, 202), response.text
 
 
+def test_a_retried_post_with_an_idempotency_key_is_one_task(client: httpx.Client, images: ImageServer) -> None:
+    url = images.add("/e2e/once.jpg", photo(320, 240, seed=7))
+    headers = {"Idempotency-Key": f"retry-{url}"}
+    first = client.post("/thumbnail", json={"source_image_url": url}, headers=headers)
+    again = client.post("/thumbnail", json={"source_image_url": url}, headers=headers)
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    task_id = first.json()["task_id"]
+    assert again.json()["task_id"] == task_id and again.headers["idempotent-replayed"] == "true"
+    assert poll_terminal(client, task_id)["status"] == "SUCCESS"
+    after = client.post("/thumbnail", json={"source_image_url": url}, headers=headers)  # also once it is done
+    assert after.json()["task_id"] == task_id
+    assert images.hits["/e2e/once.jpg"] == 1  # one task, so one fetch
+    other = client.post("/thumbnail", json={"source_image_url": url, "width": 50}, headers=headers)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+
+
 def test_origin_404_ends_in_failure_with_code(client: httpx.Client, images: ImageServer) -> None:
     task_id = client.post("/thumbnail", json={"source_image_url": images.base + "/missing.jpg"}).json()["task_id"]
     body = poll_terminal(client, task_id)

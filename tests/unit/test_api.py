@@ -9,7 +9,7 @@ from services.api.app import create_app
 from services.common.model import Completed, Event, Failed, Fetched, Rendition, StoredThumbnail
 from services.common.settings import Settings
 from services.projector.core import project
-from tests.fakes import FakePublisher, FakeTasks, FakeThumbnails
+from tests.fakes import FakeIdempotencyKeys, FakePublisher, FakeTasks, FakeThumbnails
 
 SHA = "12" * 32
 
@@ -20,9 +20,14 @@ def ports() -> tuple[FakePublisher, FakeTasks, FakeThumbnails]:
 
 
 @pytest.fixture
-def client(ports: tuple[FakePublisher, FakeTasks, FakeThumbnails]) -> TestClient:
+def keys() -> FakeIdempotencyKeys:
+    return FakeIdempotencyKeys()
+
+
+@pytest.fixture
+def client(ports: tuple[FakePublisher, FakeTasks, FakeThumbnails], keys: FakeIdempotencyKeys) -> TestClient:
     publisher, tasks, thumbnails = ports
-    app = create_app(Settings(), publisher=publisher, tasks=tasks, thumbnails=thumbnails)
+    app = create_app(Settings(), publisher=publisher, tasks=tasks, thumbnails=thumbnails, idempotency_keys=keys)
     with TestClient(app) as test_client:
         yield test_client
 

@@ -9,7 +9,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from services.api.app import create_app
 from services.common.settings import Settings
-from tests.fakes import FakePublisher, FakeTasks, FakeThumbnails
+from tests.fakes import FakeIdempotencyKeys, FakePublisher, FakeTasks, FakeThumbnails
 
 # Schemathesis' list of statuses that reject invalid input, plus 413: a generated body over the API's
 # 16 KiB limit is rejected for its size before its content is looked at.
@@ -21,7 +21,8 @@ CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_operation_survives_generated_requests(mode: GenerationMode) -> None:
-    app = create_app(Settings(), publisher=FakePublisher(), tasks=FakeTasks(), thumbnails=FakeThumbnails())
+    app = create_app(Settings(), publisher=FakePublisher(), tasks=FakeTasks(), thumbnails=FakeThumbnails(),
+                     idempotency_keys=FakeIdempotencyKeys())
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == 6
