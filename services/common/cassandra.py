@@ -85,6 +85,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         PRIMARY KEY ((scope, idempotency_key))
         ) WITH default_time_to_live = 86400""",
     )),
+    Migration(4, "task owner, callback URL and webhook delivery columns", (
+        """ALTER TABLE {keyspace}.tasks ADD IF NOT EXISTS (owner text, callback_url text, webhook_state text,
+        webhook_attempts int, webhook_last_status int, webhook_updated_at timestamp)""",
+    )),
 )
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (

@@ -24,7 +24,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from .model import _PAYLOAD_TYPES, FETCHED, Event, EventError, Fetched, Rendition, now_iso
+from .model import _PAYLOAD_TYPES, FETCHED, Event, EventError, Fetched, Rendition, Requested, now_iso
 
 # pyproject.toml maps the repository's schemas/ to this package, so an installed wheel carries the contract.
 SCHEMA_PACKAGE = "services.contract"
@@ -80,7 +80,10 @@ def encode(event: Event) -> Encoded:
             "image_size": len(fetched.image), "rendition": asdict(fetched.rendition),
         }
         return Encoded(fetched.image, ((EVENT_HEADER, _json(event, payload)),))
-    return Encoded(_json(event, asdict(event.payload)))
+    payload = asdict(event.payload)
+    if isinstance(event.payload, Requested):  # optional fields are left out unset, as the schema's examples show
+        payload = {name: value for name, value in payload.items() if value is not None}
+    return Encoded(_json(event, payload))
 
 
 def _json(event: Event, payload: dict[str, Any]) -> bytes:

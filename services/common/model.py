@@ -54,6 +54,8 @@ class Rendition:
 class Requested:
     source_url: str
     rendition: Rendition = field(default_factory=Rendition)
+    callback_url: str | None = None  # POSTed the task's outcome when it ends (the notifier stage)
+    owner: str | None = None  # the API key that created the task, when the API requires keys
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class StoredThumbnail:
 TASK_COLUMNS = (
     "source_url", "rendition", "source_sha256", "rendition_key", "content_type", "width", "height",
     "size_bytes", "deduplicated", "error_code", "error_message", "created_at", "fetched_at", "completed_at",
+    "owner", "callback_url",
 )
 
 

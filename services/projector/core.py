@@ -15,6 +15,7 @@ def project(event: Event) -> TaskUpdate:
     moment = datetime.fromtimestamp(at / 1e6, UTC)
     if isinstance(payload, Requested):
         columns = {"source_url": payload.source_url, "rendition": json.dumps(asdict(payload.rendition)), "created_at": moment}
+        columns.update({name: getattr(payload, name) for name in ("owner", "callback_url") if getattr(payload, name)})
         return TaskUpdate(event.task_id, Status.PENDING, at, columns)
     if isinstance(payload, Fetched | Hashed):  # fetched: records produced before thumbnail.hashed existed
         return TaskUpdate(event.task_id, Status.FETCHED, at, {"source_sha256": payload.source_sha256, "fetched_at": moment})

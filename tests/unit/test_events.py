@@ -17,6 +17,7 @@ from services.common.events import (
     schema_examples,
 )
 from services.common.model import Completed, Event, EventError, Failed, Fetched, Hashed, Record, Rendition, Requested
+from services.projector.core import project
 from services.replay.core import parse_dead_letter
 
 TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"
@@ -35,6 +36,7 @@ def _schema(name: str) -> dict:
 PRODUCED = [
     Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api"),
     Event(TASK, Requested("https://example.test/b.png", Rendition(300, 200, "webp", 70)), "api"),
+    Event(TASK, Requested("https://example.test/c.jpg", callback_url="https://hooks.example.test/t", owner="shop-1"), "api"),
     Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"\xff\xd8\xff"), "fetcher"),
     Event(TASK, Hashed("http://127.0.0.1/a.jpg", SHA, "image/jpeg", 3), "fetcher"),
     Event(TASK, Completed(SHA, Rendition(), 1, "image/jpeg", 100, 75, 3000, True), "resizer"),
@@ -123,6 +125,15 @@ def test_minimal_external_request_gets_defaults_and_extra_fields_are_ignored() -
     }).encode()
     event = decode(raw)
     assert event.payload == Requested("http://127.0.0.1/x.jpg", Rendition(100, 100, "jpeg", 85))
+    assert b"callback_url" not in encode(event).value and b"owner" not in encode(event).value  # unset: left out
+
+
+def test_a_request_with_a_callback_and_an_owner_round_trips_and_projects_them() -> None:
+    event = Event(TASK, Requested("http://127.0.0.1/x.jpg", callback_url="https://hooks.example.test/t", owner="a-1"), "api")
+    assert decode(encode(event).value).payload == event.payload
+    columns = project(event).columns
+    assert columns["callback_url"] == "https://hooks.example.test/t" and columns["owner"] == "a-1"
+    assert "owner" not in project(Event(TASK, Requested("http://127.0.0.1/x.jpg"), "api")).columns
 
 
 @pytest.mark.parametrize(
