@@ -7,6 +7,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points, version
 from typing import Any
 
+from services.api import key_commands as keys
 from services.common import logs
 from services.common.settings import Settings, SettingsError, documented, effective
 from services.ops import commands as ops
@@ -69,6 +70,7 @@ COMMANDS = {
     "fetcher": ("run a fetcher stage process", _stage("fetcher")),
     "resizer": ("run a resizer stage process", _stage("resizer")),
     "projector": ("run a projector stage process", _stage("projector")),
+    "notifier": ("run a notifier stage process (completion webhooks)", _stage("notifier")),
     "topics": ("create or verify the Kafka topics and their configs", _topics),
     "migrate": ("create or update the Cassandra keyspace and tables", _migrate),
     "settings": ("list every THUMBS_* setting with its effective value (secrets masked)", _settings),
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.register(commands)
     dlq.register(commands)
     ops.register(commands)
+    keys.register(commands)
     register_installed(commands)
     return parser
 

@@ -7,8 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from services.common.kafka import PublishError
-from services.common.model import TASK_COLUMNS, Event, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView
+from services.common.model import TASK_COLUMNS, ApiKey, Event, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView, WebhookDelivery
 from services.common.status import Status
+
+WEBHOOK_COLUMNS = ("webhook_state", "webhook_attempts", "webhook_last_status")
 
 
 class FakeTasks:
@@ -16,6 +18,7 @@ class FakeTasks:
 
     def __init__(self) -> None:
         self.cells: dict[str, dict[str, tuple[int, Any]]] = {}
+        self.webhook_writes: list[WebhookDelivery] = []
         self.down = False
 
     async def apply(self, update: TaskUpdate) -> None:
@@ -31,15 +34,29 @@ class FakeTasks:
         if self.down:
             raise ConnectionError("store down")
         row = self.cells.get(task_id)
-        if not row:
+        if not row or "status" not in row:
             return None
-        value = {name: row.get(name, (0, None))[1] for name in ("status", *TASK_COLUMNS)}
+        value = {name: row.get(name, (0, None))[1] for name in ("status", *TASK_COLUMNS, *WEBHOOK_COLUMNS)}
         return TaskView(
             task_id=task_id, status=Status(value["status"]), source_url=value["source_url"],
             source_sha256=value["source_sha256"], rendition_key=value["rendition_key"],
             content_type=value["content_type"], width=value["width"], height=value["height"],
-            error_code=value["error_code"], error_message=value["error_message"],
+            error_code=value["error_code"], error_message=value["error_message"], owner=value["owner"],
+            callback_url=value["callback_url"], webhook_state=value["webhook_state"],
+            webhook_attempts=value["webhook_attempts"], webhook_last_status=value["webhook_last_status"],
         )
+
+    async def record_webhook(self, delivery: WebhookDelivery) -> None:
+        if self.down:
+            raise ConnectionError("store down")
+        self.webhook_writes.append(delivery)
+        row = self.cells.setdefault(delivery.task_id, {})
+        values = {"webhook_state": delivery.state, "webhook_attempts": delivery.attempts,
+                  "webhook_last_status": delivery.last_status}
+        for name, value in values.items():
+            current = row.get(name)
+            if current is None or delivery.timestamp >= current[0]:
+                row[name] = (delivery.timestamp, value)
 
     async def ping(self) -> None:
         if self.down:
@@ -96,6 +113,29 @@ class FakeIdempotencyKeys:
     def _refuse(self) -> None:
         if self.down:
             raise ConnectionError("store down")
+
+
+class FakeApiKeys:
+    """Key records and per-process request counts in dicts, as the Cassandra repository keeps them."""
+
+    def __init__(self, *records: ApiKey) -> None:
+        self.records = {record.name: record for record in records}
+        self.usage: dict[tuple[str, int], dict[str, int]] = {}
+        self.lookups = 0
+        self.down = False
+
+    async def get(self, name: str) -> ApiKey | None:
+        if self.down:
+            raise ConnectionError("store down")
+        self.lookups += 1
+        return self.records.get(name)
+
+    async def report_usage(self, name: str, minute: int, process: str, requests: int) -> int:
+        if self.down:
+            raise ConnectionError("store down")
+        counts = self.usage.setdefault((name, minute), {})
+        counts[process] = requests
+        return sum(counts.values())
 
 
 @dataclass

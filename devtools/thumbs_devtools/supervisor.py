@@ -13,8 +13,8 @@ from typing import Any
 
 from services.common.settings import PREFIX, Settings
 
-PROCESSES = ("api", "fetcher", "resizer", "projector")
-SCALABLE = ("fetcher", "resizer", "projector")
+PROCESSES = ("api", "fetcher", "resizer", "projector", "notifier")
+SCALABLE = ("fetcher", "resizer", "projector", "notifier")
 # Instance N of a stage serves /metrics on its stage's port + 10(N-1): 9101, 9111, 9121 ... for fetchers.
 METRICS_PORT_STEP = 10
 

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Protocol
 
+import aiohttp
+from aiohttp.abc import AbstractResolver
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,9 +29,11 @@ from services.common.settings import Settings
 from services.common.status import Status
 from services.projector.core import project
 
-from . import idempotency
-from .backlog_watch import LagReader, refuse_when_full, start_watching, stop_watching
+from . import idempotency, periodic
+from .access import Access, KeyStore, keep_synced
+from .backlog_watch import LagReader, refuse_when_full, start_watching
 from .backpressure import Backlog
+from .callbacks import CallbackCheck
 from .metrics import HttpMetrics
 from .openapi import DOCS_HTML, openapi_spec
 from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request
@@ -62,6 +66,8 @@ def create_app(
     thumbnails: Thumbnails | None = None,
     idempotency_keys: IdempotencyKeys | None = None,
     lag_reader: LagReader | None = None,
+    api_keys: KeyStore | None = None,
+    callback_resolver: AbstractResolver | None = None,
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,15 +82,23 @@ def create_app(
             app.state.tasks = tasks or built.tasks
             app.state.thumbnails = thumbnails or built.thumbnails
             app.state.idempotency_keys = idempotency_keys or built.idempotency_keys
+            api_keys_used: KeyStore | None = api_keys or built.api_keys
         else:
             app.state.publisher, app.state.tasks, app.state.thumbnails = publisher, tasks, thumbnails
             app.state.idempotency_keys = idempotency_keys
+            api_keys_used = api_keys
+        app.state.access = Access(api_keys_used, required=settings.auth == "required")
+        syncing = asyncio.create_task(keep_synced(app.state.access)) if app.state.access.required else None
         app.state.backlog = Backlog(settings.max_backlog)
+        app.state.webhook_secret = settings.webhook_secret
+        app.state.callbacks = CallbackCheck(allow=settings.fetch_allow_networks,
+                                            resolver=callback_resolver or aiohttp.ThreadedResolver())
         watcher = start_watching(app.state.backlog, settings, lag_reader)  # None while THUMBS_MAX_BACKLOG is 0
         try:
             yield
         finally:
-            await stop_watching(watcher)
+            await periodic.cancel(watcher)
+            await periodic.cancel(syncing)
             for close in closers:
                 close()
 
@@ -108,6 +122,9 @@ def create_app(
 
 
 async def submit(request: Request) -> Response:
+    caller = await request.app.state.access.caller(request.headers)
+    # Counted before the body is read: a client over its rate costs no parsing.
+    rate_headers = (await request.app.state.access.admit(caller)).headers() if caller is not None else {}
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
@@ -116,19 +133,22 @@ async def submit(request: Request) -> Response:
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
-    source_url, rendition = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
+    source_url, rendition, callback_url = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
+    # With keys, each key signs its own webhooks (the secret `thumbs keys create` printed).
+    await request.app.state.callbacks.check(callback_url, signable=caller is not None or bool(request.app.state.webhook_secret))
     refuse_when_full(request.app.state.backlog)  # after validation: bad input gets its 4xx, not an invitation to retry
     event_id = str(uuid.uuid4())
     event = Event(
-        task_id=str(uuid.uuid4()), payload=Requested(source_url, rendition), producer="api",
+        task_id=str(uuid.uuid4()), payload=Requested(source_url, rendition, callback_url, owner=caller.name if caller else None),
+        producer="api",
         event_id=event_id, correlation_id=event_id,
     )
-    headers = {}
+    headers = dict(rate_headers)
     if key is None:
         await _accept(request, event)
     else:
-        accepted = await _accept_once(request, key, event)
+        accepted = await _accept_once(request, key, event, scope=caller.name if caller else "")
         if accepted is not event:
             headers["Idempotent-Replayed"] = "true"
         event = accepted
@@ -152,15 +172,15 @@ async def _accept(request: Request, event: Event) -> None:
         log.warning("could not record PENDING for %s: %s", event.task_id, exc)
 
 
-async def _accept_once(request: Request, key: str, event: Event) -> Event:
+async def _accept_once(request: Request, key: str, event: Event, scope: str) -> Event:
     """`_accept` once per Idempotency-Key: returns the event of the key's task, accepted now or by an earlier request
     (the same object as `event` only when this request's task is the one accepted)."""
     keys = request.app.state.idempotency_keys
     assert isinstance(event.payload, Requested)
-    request_fingerprint = idempotency.fingerprint(event.payload.source_url, event.payload.rendition)
+    request_fingerprint = idempotency.fingerprint(event.payload)
     claim = IdempotencyClaim(event.task_id, event.event_id, request_fingerprint, idempotency.claim_time())
     try:
-        existing = await keys.claim(idempotency.SCOPE, key, claim)
+        existing = await keys.claim(scope, key, claim)
     except Exception as exc:  # noqa: BLE001 - any driver failure: the key cannot be checked, so nothing is accepted
         log.warning("idempotency claim failed: %s", exc)
         raise store_unavailable() from None
@@ -176,7 +196,7 @@ async def _accept_once(request: Request, key: str, event: Event) -> Event:
         # TAKE_OVER: the first request died before its publish was acknowledged; publish the same task now.
         claim = replace(existing, claimed_at=idempotency.claim_time())
         try:
-            taken = await keys.take_over(idempotency.SCOPE, key, existing, claim.claimed_at)
+            taken = await keys.take_over(scope, key, existing, claim.claimed_at)
         except Exception as exc:  # noqa: BLE001 - unknown outcome: the next retry finds the claim and decides again
             log.warning("idempotency take-over failed: %s", exc)
             raise store_unavailable() from None
@@ -187,25 +207,27 @@ async def _accept_once(request: Request, key: str, event: Event) -> Event:
         await _accept(request, event)
     except ApiError:
         try:
-            await keys.release(idempotency.SCOPE, key, claim)  # nothing was accepted: a retry starts afresh
+            await keys.release(scope, key, claim)  # nothing was accepted: a retry starts afresh
         except Exception as exc:  # noqa: BLE001 - then the claim goes stale and a retry takes it over
             log.warning("could not release idempotency key: %s", exc)
         raise
     try:
-        await keys.published(idempotency.SCOPE, key, claim)
+        await keys.published(scope, key, claim)
     except Exception as exc:  # noqa: BLE001 - accepted; a retry within 30 s is told to wait, later it re-publishes
         log.warning("could not mark idempotency key published: %s", exc)
     return event
 
 
 async def _task(request: Request) -> TaskView:
+    caller = await request.app.state.access.caller(request.headers)
     task_id = parse_task_id(request.query_params.get("task_id"))
     try:
         view: TaskView | None = await request.app.state.tasks.get(task_id)
     except Exception as exc:  # noqa: BLE001 - any driver failure means the store is unavailable
         log.warning("task lookup failed: %s", exc)
         raise store_unavailable() from None
-    if view is None:
+    # Another key's task answers exactly as a missing one, so task ids tell nothing about other clients.
+    if view is None or (caller is not None and view.owner != caller.name):
         raise ApiError(404, "TASK_NOT_FOUND", f"no task {task_id}")
     return view
 
@@ -225,6 +247,8 @@ async def _thumbnail(request: Request, view: TaskView) -> StoredThumbnail:
 async def status(request: Request) -> Response:
     view = await _task(request)
     body: dict[str, object] = {"task_id": view.task_id, "status": view.status.value}
+    if view.callback_url:
+        body["webhook"] = webhook_of(view)
     if view.status is Status.SUCCESS:
         stored = await _thumbnail(request, view)
         body.update(
@@ -241,6 +265,12 @@ async def status(request: Request) -> Response:
         return JSONResponse(body)
     body.update(message="in progress", status=Status.PENDING.value, stage=view.status.value)
     return JSONResponse(body, 202, {"Retry-After": "1"})
+
+
+def webhook_of(view: TaskView) -> dict[str, object]:
+    """The completion webhook's delivery: pending until the notifier records an attempt."""
+    return {"state": view.webhook_state or "pending", "attempts": view.webhook_attempts or 0,
+            "last_status": view.webhook_last_status}
 
 
 async def file(request: Request) -> Response:

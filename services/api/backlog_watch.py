@@ -5,7 +5,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from contextlib import suppress
 
 from confluent_kafka.admin import AdminClient
 
@@ -15,6 +14,7 @@ from services.common.model import REQUESTED
 from services.common.settings import Settings
 from services.ops.kafka import position
 
+from . import periodic
 from .backpressure import Backlog
 from .validation import ApiError
 
@@ -37,21 +37,13 @@ def refuse_when_full(backlog: Backlog) -> None:
 async def watch(backlog: Backlog, read: LagReader, interval_s: float = INTERVAL_S,
                 clock: Callable[[], float] = time.monotonic) -> None:
     """Samples the lag until cancelled; a failed reading records nothing, so the samples age and admission fails open."""
-    failing = False
-    while True:
-        try:
-            lag, consumed = await asyncio.to_thread(read)  # the admin client blocks
-        except Exception as exc:  # noqa: BLE001 - any failure means no reading this time
-            if not failing:  # once per outage, not once a second
-                log.warning("cannot read the fetchers' backlog, accepting every request until it can: %s", exc)
-            failing = True
-        else:
-            if failing:
-                log.info("reading the fetchers' backlog again")
-            failing = False
-            backlog.record(clock(), lag, consumed)
-            BACKLOG_RECORDS.set(lag)
-        await asyncio.sleep(interval_s)
+
+    async def sample() -> None:
+        lag, consumed = await asyncio.to_thread(read)  # the admin client blocks
+        backlog.record(clock(), lag, consumed)
+        BACKLOG_RECORDS.set(lag)
+
+    await periodic.every(interval_s, sample, "cannot read the fetchers' backlog, accepting every request")
 
 
 def start_watching(backlog: Backlog, settings: Settings, read: LagReader | None) -> asyncio.Task[None] | None:
@@ -59,13 +51,6 @@ def start_watching(backlog: Backlog, settings: Settings, read: LagReader | None)
     if backlog.max_backlog <= 0:
         return None
     return asyncio.create_task(watch(backlog, read or fetcher_lag_reader(settings)), name="backlog-watch")
-
-
-async def stop_watching(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 def fetcher_lag_reader(settings: Settings) -> LagReader:

@@ -12,12 +12,11 @@ import json
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
-from services.common.model import IdempotencyClaim, Rendition
+from services.common.model import IdempotencyClaim, Requested
 
 from .validation import ApiError
 
 HEADER = "idempotency-key"
-SCOPE = ""  # whose keys: one namespace for every client while the API has no client identities
 KEY_MAX_LENGTH = 255
 KEY_LIFETIME = timedelta(hours=24)
 # A claim whose event is still unpublished after this long belongs to a request that died between claiming the key
@@ -42,10 +41,13 @@ def parse_key(value: str | None) -> str | None:
     return value
 
 
-def fingerprint(source_url: str, rendition: Rendition) -> str:
-    """The request as parsed, not as sent: key order, spacing and spelt-out defaults do not make it another request."""
-    canonical = json.dumps({"source_url": source_url, "rendition": asdict(rendition)}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def fingerprint(request: Requested) -> str:
+    """The request as parsed, not as sent: key order, spacing and spelt-out defaults do not make it another request.
+    The owner is left out: it is the key's scope already."""
+    document: dict[str, object] = {"source_url": request.source_url, "rendition": asdict(request.rendition)}
+    if request.callback_url is not None:  # only when set, so claims made before callbacks existed still match
+        document["callback_url"] = request.callback_url
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
 def claim_time() -> datetime:

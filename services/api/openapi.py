@@ -30,14 +30,17 @@ RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Se
 def _errors(*statuses: int) -> dict[str, Any]:
     texts = {
         400: "Malformed input (invalid JSON, malformed task id).",
-        404: "Unknown task.",
+        401: "THUMBS_AUTH=required and no valid API key was sent.",
+        403: "The API key was revoked.",
+        404: "Unknown task (or another key's).",
+        429: "Over the API key's rate; retry after Retry-After seconds (RateLimit-* headers say more).",
         413: "Request body over 16 KiB.",
         415: "Body is not application/json.",
         409: "The Idempotency-Key was used with another request, or its first request is still being accepted.",
         422: "Well-formed but invalid input.",
         503: "Kafka or Cassandra unavailable, or (POST) the backlog over THUMBS_MAX_BACKLOG; retry after Retry-After seconds.",
     }
-    return {str(s): _json("Error", texts[s], RETRY_AFTER if s == 503 else None) for s in statuses}
+    return {str(s): _json("Error", texts[s], RETRY_AFTER if s in (429, 503) else None) for s in statuses}
 
 
 @cache
@@ -53,7 +56,10 @@ def openapi_spec() -> dict[str, Any]:
         "height": {"type": "integer"},
         "source_sha256": {"type": "string"},
         "error": {"$ref": "#/components/schemas/ErrorDetail"},
+        "webhook": {"$ref": "#/components/schemas/WebhookDelivery"},
     }
+    url_pattern = ("^[\\u0000-\\u0020]*[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s\\u0000-\\u0020\\u007f]+"
+                   "[^\\s\\u0000-\\u0020\\u007f]*[\\u0000-\\u0020]*$")
     return {
         "openapi": "3.0.3",
         "info": {
@@ -81,7 +87,7 @@ def openapi_spec() -> dict[str, Any]:
                             "Location": {"schema": {"type": "string"}, "description": "The status URL."},
                             "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
                                                     "description": "The task of an earlier request with this key."}}),
-                        **_errors(400, 409, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
                     },
                 },
                 "get": {
@@ -90,7 +96,7 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json("TaskStatus", "Finished: SUCCESS with data, or FAILURE with error."),
                         "202": _json("TaskStatus", "In progress.", RETRY_AFTER),
-                        **_errors(400, 404, 503),
+                        **_errors(400, 401, 403, 404, 503),
                     },
                 },
             },
@@ -108,7 +114,7 @@ def openapi_spec() -> dict[str, Any]:
                         "202": _json("Error", "In progress.", RETRY_AFTER),
                         "304": {"description": "Not modified (If-None-Match matched the ETag)."},
                         "422": _json("Error", "The task failed; the body has its error code."),
-                        **_errors(400, 404, 503),
+                        **_errors(400, 401, 403, 404, 503),
                     },
                 }
             },
@@ -127,20 +133,39 @@ def openapi_spec() -> dict[str, Any]:
                 }
             },
         },
+        # Needed only with THUMBS_AUTH=required; the empty requirement keeps an open deployment's calls valid.
+        "security": [{}, {"apiKey": []}],
         "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "`thumbs keys create` makes one: thk_<name>_<secret>."}},
             "schemas": {
                 "ThumbnailRequest": {
                     "type": "object",
                     "required": ["source_image_url"],
                     "properties": {
                         "source_image_url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH,
-                                             "pattern": "^[\\u0000-\\u0020]*[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s\\u0000-\\u0020\\u007f]+"
-                                                        "[^\\s\\u0000-\\u0020\\u007f]*[\\u0000-\\u0020]*$",
-                                             "example": "http://127.0.0.2:8000/cat.jpg"},
+                                             "pattern": url_pattern, "example": "http://127.0.0.2:8000/cat.jpg"},
                         "width": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
                         "height": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
                         "format": {"type": "string", "enum": list(FORMATS), "default": "jpeg"},
                         "quality": {"type": "integer", "minimum": 1, "maximum": 95, "default": 85},
+                        "callback_url": {
+                            "type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH, "pattern": url_pattern,
+                            "example": "https://example.com/thumbs-hook",
+                            "description": "POSTed the task's outcome when it ends, signed (README, \"Completion webhooks\"). "
+                                           "422 WEBHOOKS_DISABLED without a signing secret, CALLBACK_FORBIDDEN_ADDRESS for "
+                                           "a host that is not public.",
+                        },
+                    },
+                },
+                "WebhookDelivery": {
+                    "type": "object", "required": ["state", "attempts", "last_status"],
+                    "description": "The completion webhook, for tasks with a callback_url.",
+                    "properties": {
+                        "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "last_status": {"type": "integer", "nullable": True,
+                                        "description": "The receiver's last HTTP status; null: no answer yet."},
                     },
                 },
                 "Accepted": {"type": "object", "required": ["task_id"],

@@ -21,7 +21,8 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendition]:
+def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendition, str | None]:
+    """(source URL, rendition, callback URL or None) of a POST /thumbnail body."""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the request body as application/json")
     try:
@@ -30,7 +31,8 @@ def parse_thumbnail_request(content_type: str, body: bytes) -> tuple[str, Rendit
         raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ApiError(422, "INVALID_REQUEST", "request body must be a JSON object")
-    return _source_url(document.get("source_image_url")), _rendition(document)
+    source_url = _web_url(document.get("source_image_url"), "source_image_url")
+    return source_url, _rendition(document), _optional_url(document, "callback_url")
 
 
 # What ECMA-262 regular expressions (those of the OpenAPI document) call whitespace, beyond ASCII.
@@ -41,25 +43,33 @@ _NOT_IN_URLS = frozenset("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006
 _AROUND_URLS = "".join(map(chr, range(0x21)))
 
 
-def _source_url(given: Any) -> str:
+def _web_url(given: Any, name: str) -> str:
     if given is None:
-        raise ApiError(422, "INVALID_REQUEST", "source_image_url is required")
+        raise ApiError(422, "INVALID_REQUEST", f"{name} is required")
     if not isinstance(given, str):
-        raise ApiError(422, "INVALID_REQUEST", "source_image_url must be a string")
+        raise ApiError(422, "INVALID_REQUEST", f"{name} must be a string")
     if len(given) > MAX_URL_LENGTH:  # as sent: the limit the OpenAPI document states
-        raise ApiError(422, "INVALID_REQUEST", f"source_image_url is longer than {MAX_URL_LENGTH} characters")
+        raise ApiError(422, "INVALID_REQUEST", f"{name} is longer than {MAX_URL_LENGTH} characters")
     url = given.strip(_AROUND_URLS)
     if not url:
-        raise ApiError(422, "INVALID_REQUEST", "source_image_url must not be empty")
+        raise ApiError(422, "INVALID_REQUEST", f"{name} must not be empty")
     if any(c in _NOT_IN_URLS or c < "\x21" or c == "\x7f" for c in url):
         # A URL carries spaces as %20; raw blanks and control bytes are a classic way to smuggle a second
         # host past a parser, and the OpenAPI pattern (ECMA-262 \s) refuses exactly these.
-        raise ApiError(422, "INVALID_REQUEST", "source_image_url must not contain spaces or control characters")
+        raise ApiError(422, "INVALID_REQUEST", f"{name} must not contain spaces or control characters")
     if not has_web_scheme(url):
-        raise ApiError(422, "INVALID_REQUEST", "source_image_url must be an http or https URL")
+        raise ApiError(422, "INVALID_REQUEST", f"{name} must be an http or https URL")
     if not url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]:
-        raise ApiError(422, "INVALID_REQUEST", "source_image_url has no host")
+        raise ApiError(422, "INVALID_REQUEST", f"{name} has no host")
     return url
+
+
+def _optional_url(document: dict[str, Any], name: str) -> str | None:
+    if name not in document:
+        return None
+    if not isinstance(document[name], str):  # null too: left out is how a client says "none"
+        raise ApiError(422, "INVALID_REQUEST", f"{name} must be a string")
+    return _web_url(document[name], name)
 
 
 def _rendition(document: dict[str, Any]) -> Rendition:

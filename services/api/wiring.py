@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.common.cassandra import connect
 from services.common.kafka import KafkaPublisher
-from services.common.repositories import IdempotencyRepository, TaskRepository, ThumbnailRepository
+from services.common.repositories import ApiKeyRepository, IdempotencyRepository, TaskRepository, ThumbnailRepository
 from services.common.settings import Settings
 
 # The API answers 503 when Kafka does not acknowledge within this time, rather than hang the client.
@@ -19,6 +19,7 @@ class Adapters:
     tasks: TaskRepository
     thumbnails: ThumbnailRepository
     idempotency_keys: IdempotencyRepository
+    api_keys: ApiKeyRepository
 
 
 def real_adapters(settings: Settings) -> tuple[Adapters, list[Callable[[], None]]]:
@@ -29,5 +30,6 @@ def real_adapters(settings: Settings) -> tuple[Adapters, list[Callable[[], None]
         TaskRepository(session, settings.keyspace, settings.task_ttl_seconds),
         ThumbnailRepository(session, settings.keyspace),
         IdempotencyRepository(session, settings.keyspace),
+        ApiKeyRepository(session, settings.keyspace),
     )
     return adapters, [publisher.close, session.cluster.shutdown]

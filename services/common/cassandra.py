@@ -89,6 +89,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         """ALTER TABLE {keyspace}.tasks ADD IF NOT EXISTS (owner text, callback_url text, webhook_state text,
         webhook_attempts int, webhook_last_status int, webhook_updated_at timestamp)""",
     )),
+    Migration(5, "API keys and their request counts", (
+        """CREATE TABLE IF NOT EXISTS {keyspace}.api_keys (
+        name text PRIMARY KEY,
+        secret_sha256 text,
+        requests_per_minute int,
+        webhook_secret text,
+        created_at timestamp,
+        revoked_at timestamp)""",
+        # One row per API process, key and minute: each process overwrites its own count, so a retried write
+        # never counts twice (counter columns would), and the rows expire once no estimate reads them.
+        """CREATE TABLE IF NOT EXISTS {keyspace}.api_key_usage (
+        name text,
+        minute bigint,
+        process text,
+        requests int,
+        PRIMARY KEY ((name, minute), process)
+        ) WITH default_time_to_live = 180""",
+    )),
 )
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (

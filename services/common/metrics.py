@@ -5,7 +5,7 @@ from importlib.metadata import version
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .model import RETRY, Completed, Failed, Outgoing
+from .model import RETRY, WEBHOOK_RETRY, Completed, Failed, Outgoing
 
 EVENTS_IN = Counter("thumbs_events_in_total", "Records consumed, by stage and topic.", ["stage", "topic"])
 EVENTS_OUT = Counter("thumbs_events_out_total", "Events produced, by stage and event type.", ["stage", "type"])
@@ -52,13 +52,19 @@ BACKPRESSURE_REJECTIONS = Counter(
     "thumbs_backpressure_rejections_total", "POST /thumbnail requests refused with 503 because the fetchers' backlog was full."
 )
 BACKLOG_RECORDS = Gauge("thumbs_backlog_records", "The fetchers' lag on thumbnail.requested, as the API last read it.")
+WEBHOOK_DELIVERIES = Counter(
+    "thumbs_webhook_deliveries_total", "Completion webhook attempts, by outcome: delivered, retried or failed (given up).",
+    ["outcome"],
+)
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 
 
 def count_outputs(stage: str, outputs: list[Outgoing]) -> None:
     for out in outputs:
         EVENTS_OUT.labels(stage, out.event.type).inc()
-        if out.topic == RETRY:
+        if out.topic in (RETRY, WEBHOOK_RETRY):
             RETRIES.labels(stage).inc()
+            continue  # an outcome waiting to be notified again is no new failure or render
         payload = out.event.payload
         if isinstance(payload, Failed):
             FAILURES.labels(stage, payload.code).inc()

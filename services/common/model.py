@@ -20,10 +20,11 @@ COMPLETED = "thumbnail.completed"
 FAILED = "thumbnail.failed"
 RETRY = "thumbnail.requested.retry"  # requested events waiting for another attempt
 DLQ = "thumbnail.dlq"  # records no stage could handle, with the reason
+WEBHOOK_RETRY = "thumbnail.webhook.retry"  # outcome events whose completion webhook waits for another attempt
 REQUESTED_AT_HEADER = "thumbs-requested-at"  # Unix ms of the request, carried to the outcome (end-to-end latency)
 REPLAY_HEADER = "thumbs-replay"  # stamped by `thumbs replay` on what it re-publishes, and carried downstream
 EVENT_TYPES = (REQUESTED, FETCHED, HASHED, COMPLETED, FAILED)
-PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, HASHED, COMPLETED, FAILED, DLQ)
+PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, HASHED, COMPLETED, FAILED, WEBHOOK_RETRY, DLQ)
 FORMATS = ("jpeg", "png", "webp")
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -177,6 +178,30 @@ class TaskUpdate:
         return write_timestamp(self.status, self.occurred_at_micros)
 
 
+WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED = "pending", "delivered", "failed"
+# Like status.py's ranks: a receiver's 2xx is the final word; giving up only beats another attempt to come.
+_WEBHOOK_RANK = {WEBHOOK_PENDING: 0, WEBHOOK_FAILED: 1, WEBHOOK_DELIVERED: 2}
+_WEBHOOK_RANK_SPAN = 10**16  # far above any attempt count
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One attempt at a task's completion webhook, as its task row records it."""
+
+    task_id: str
+    state: str  # WEBHOOK_PENDING (another attempt follows), WEBHOOK_DELIVERED or WEBHOOK_FAILED
+    attempts: int
+    last_status: int | None  # the receiver's HTTP status; None when it gave no answer
+    occurred_at_micros: int
+
+    @property
+    def timestamp(self) -> int:
+        """Cassandra keeps the write with the highest timestamp per column: `rank × 10¹⁶ + attempts`, so a later
+        attempt wins over an earlier one and a settled state (failed, above it delivered) over every pending one.
+        A late or re-delivered attempt never moves the row back to pending, to fewer attempts, or off delivered."""
+        return _WEBHOOK_RANK[self.state] * _WEBHOOK_RANK_SPAN + self.attempts
+
+
 @dataclass(frozen=True)
 class TaskView:
     task_id: str
@@ -189,6 +214,23 @@ class TaskView:
     height: int | None
     error_code: str | None
     error_message: str | None
+    owner: str | None = None
+    callback_url: str | None = None
+    webhook_state: str | None = None  # None until the notifier records its first attempt
+    webhook_attempts: int | None = None
+    webhook_last_status: int | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key's stored record: never the key itself."""
+
+    name: str
+    secret_sha256: str
+    requests_per_minute: int
+    webhook_secret: str  # signs this key's completion webhooks; shown once, at creation
+    created_at: datetime
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True)

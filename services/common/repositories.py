@@ -1,17 +1,18 @@
-"""Cassandra repositories for tasks and thumbnails, each statement prepared once."""
+"""Cassandra repositories for tasks, thumbnails, idempotency keys and API keys, each statement prepared once."""
 from __future__ import annotations
 
 import asyncio
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cassandra import WriteTimeout
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
 from .cassandra import execute
-from .model import TASK_COLUMNS, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView
+from .model import TASK_COLUMNS, ApiKey, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView, WebhookDelivery
 from .status import Status
 
 
@@ -24,7 +25,12 @@ class TaskRepository:
         self._ping = session.prepare("SELECT release_version FROM system.local")
         self._get = session.prepare(
             f"SELECT task_id, status, source_url, source_sha256, rendition_key, content_type, width, height, "
-            f"error_code, error_message FROM {keyspace}.tasks WHERE task_id = ?"
+            f"error_code, error_message, owner, callback_url, webhook_state, webhook_attempts, webhook_last_status "
+            f"FROM {keyspace}.tasks WHERE task_id = ?"
+        )
+        self._webhook = session.prepare(
+            f"UPDATE {keyspace}.tasks USING TTL ? AND TIMESTAMP ? SET webhook_state = ?, webhook_attempts = ?, "
+            f"webhook_last_status = ?, webhook_updated_at = ? WHERE task_id = ?"
         )
 
     async def apply(self, update: TaskUpdate) -> None:
@@ -56,7 +62,17 @@ class TaskRepository:
             task_id=str(row.task_id), status=Status(row.status), source_url=row.source_url,
             source_sha256=row.source_sha256, rendition_key=row.rendition_key, content_type=row.content_type,
             width=row.width, height=row.height, error_code=row.error_code, error_message=row.error_message,
+            owner=row.owner, callback_url=row.callback_url, webhook_state=row.webhook_state,
+            webhook_attempts=row.webhook_attempts, webhook_last_status=row.webhook_last_status,
         )
+
+    async def record_webhook(self, delivery: WebhookDelivery) -> None:
+        """Records a webhook attempt in its task's row, leaving the status alone; the write timestamp keeps a late
+        attempt from undoing a later one (WebhookDelivery.timestamp)."""
+        updated_at = datetime.fromtimestamp(delivery.occurred_at_micros / 1e6, UTC)
+        params = [self._ttl, delivery.timestamp, delivery.state, delivery.attempts, delivery.last_status, updated_at,
+                  uuid.UUID(delivery.task_id)]
+        await execute(self._session, self._webhook, params, operation="webhook_write")
 
 
 class ThumbnailRepository:
@@ -135,3 +151,52 @@ class IdempotencyRepository:
 
     def _remaining(self, claimed_at: datetime) -> int:
         return max(1, int((claimed_at + self.LIFETIME - datetime.now(UTC)).total_seconds()))
+
+
+class ApiKeyRepository:
+    """API key records by name, and each API process's request count per key and minute."""
+
+    def __init__(self, session: Session, keyspace: str) -> None:
+        self._session = session
+        columns = "name, secret_sha256, requests_per_minute, webhook_secret, created_at, revoked_at"
+        self._get = session.prepare(f"SELECT {columns} FROM {keyspace}.api_keys WHERE name = ?")
+        self._all = session.prepare(f"SELECT {columns} FROM {keyspace}.api_keys")
+        self._create = session.prepare(
+            f"INSERT INTO {keyspace}.api_keys ({columns}) VALUES (?, ?, ?, ?, ?, null) IF NOT EXISTS")
+        self._revoke = session.prepare(f"UPDATE {keyspace}.api_keys SET revoked_at = ? WHERE name = ? IF EXISTS")
+        self._report = session.prepare(
+            f"INSERT INTO {keyspace}.api_key_usage (name, minute, process, requests) VALUES (?, ?, ?, ?)")
+        self._usage = session.prepare(f"SELECT requests FROM {keyspace}.api_key_usage WHERE name = ? AND minute = ?")
+
+    async def get(self, name: str) -> ApiKey | None:
+        rows = await execute(self._session, self._get, [name], operation="key_read")
+        return _api_key(rows[0]) if rows else None
+
+    async def all(self) -> list[ApiKey]:
+        return sorted((_api_key(row) for row in await execute(self._session, self._all, operation="key_list")),
+                      key=lambda key: key.name)
+
+    async def create(self, key: ApiKey) -> bool:
+        """False when a key of that name exists (revoked ones included: a name is never reused)."""
+        params = [key.name, key.secret_sha256, key.requests_per_minute, key.webhook_secret, key.created_at]
+        (row,) = await execute(self._session, self._create, params, operation="key_create")
+        return bool(row.applied)
+
+    async def revoke(self, name: str, at: datetime) -> bool:
+        (row,) = await execute(self._session, self._revoke, [at, name], operation="key_revoke")
+        return bool(row.applied)
+
+    async def report_usage(self, name: str, minute: int, process: str, requests: int) -> int:
+        """Writes this process's count and returns every process's, summed."""
+        await execute(self._session, self._report, [name, minute, process, requests], operation="usage_write")
+        rows = await execute(self._session, self._usage, [name, minute], operation="usage_read")
+        return sum(row.requests or 0 for row in rows)
+
+
+def _api_key(row: Any) -> ApiKey:
+    def utc(moment: datetime | None) -> datetime | None:
+        return moment.replace(tzinfo=UTC) if moment is not None else None
+
+    created = utc(row.created_at)
+    assert created is not None
+    return ApiKey(row.name, row.secret_sha256, row.requests_per_minute, row.webhook_secret, created, utc(row.revoked_at))

@@ -87,6 +87,12 @@ class Settings:
     api_host: str = _setting("127.0.0.1", "Address the HTTP API binds to (its /metrics is served there too).")
     metrics_host: str = _setting("127.0.0.1", "Address every stage's /metrics binds to (0.0.0.0 in a container).")
     api_port: int = _setting(8080, "Port of the HTTP API (its /metrics is served there too).")
+    auth: str = _setting(
+        "off", "`required`: POST and GET need `Authorization: Bearer <key>` (`thumbs keys create`), each task is seen "
+        "only by the key that created it, and each key has a request rate; `off`: open, as before.",
+        choices=("off", "required"),
+    )
+    key_rate: str = _setting("600/min", "Request rate of a key created without `--rate` (`<n>/s`, `/min` or `/hour`).")
     max_backlog: int = _setting(
         0, "Records of thumbnail.requested the fetchers may lag behind before POST /thumbnail answers 503 "
         "with Retry-After (0 turns the check off)."
@@ -94,8 +100,9 @@ class Settings:
     fetcher_metrics_port: int = _setting(9101, "Port of the fetcher's /metrics (0 turns it off).")
     resizer_metrics_port: int = _setting(9102, "Port of the resizer's /metrics (0 turns it off).")
     projector_metrics_port: int = _setting(9103, "Port of the projector's /metrics (0 turns it off).")
+    notifier_metrics_port: int = _setting(9104, "Port of the notifier's /metrics (0 turns it off).")
     fetch_allow_networks: tuple[Any, ...] = _setting(
-        (), "CIDRs the fetcher may reach although they are private, loopback or link-local (comma-separated).", _networks
+        (), "CIDRs the fetcher and webhooks may reach although they are private, loopback or link-local (comma-separated).", _networks
     )
     fetch_connect_timeout: float = _setting(5.0, "Seconds to open a connection to an image origin.")
     fetch_read_timeout: float = _setting(10.0, "Longest silence (seconds) while reading an origin's response.")
@@ -105,6 +112,13 @@ class Settings:
     fetch_concurrency: int = _setting(64, "Downloads in flight per fetcher process.")
     fetch_max_attempts: int = _setting(4, "Attempts for transient fetch failures (timeouts, 429, 5xx) before FAILURE.")
     fetch_retry_base_seconds: float = _setting(1.0, "First retry delay; doubles per attempt, with jitter.")
+    webhook_secret: str = _setting(
+        "", "Key that signs completion webhooks (X-Thumbs-Signature); empty: POST /thumbnail refuses callback_url "
+        "(never logged; masked by `thumbs settings`).", secret=True,
+    )
+    webhook_max_attempts: int = _setting(5, "Attempts to deliver a completion webhook (non-2xx, timeout, no connection) before it is given up.")
+    webhook_retry_base_seconds: float = _setting(5.0, "First webhook retry delay; doubles per attempt, with jitter.")
+    webhook_timeout_seconds: float = _setting(10.0, "Seconds for one webhook delivery, connecting included.")
     max_pixels: int = _setting(50_000_000, "Largest source image in pixels, checked from the header before decoding.")
     max_frames: int = _setting(1000, "Most frames an animated source may declare (only the first is rendered).")
     resizer_workers: int = _setting(0, "Resize processes per resizer (0 = one per usable core: the CPUs it may run on, capped by its container's CPU quota).")

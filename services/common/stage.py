@@ -31,7 +31,7 @@ from . import health, logs, metrics, tracing
 from .backoff import backoff_seconds
 from .events import decode, encode_dead_letter
 from .kafka import PublishError, client_config, record_of
-from .model import DLQ, FAILED, REPLAY_HEADER, REQUESTED, REQUESTED_AT_HEADER, Event, EventError, Failed, Outgoing, Record
+from .model import DLQ, REPLAY_HEADER, REQUESTED, REQUESTED_AT_HEADER, Event, EventError, Failed, Outgoing, Record
 from .settings import Settings
 from .topic_plan import MAX_MESSAGE_BYTES
 
@@ -112,11 +112,13 @@ class StageRunner:
                 await asyncio.gather(*(self._publisher.publish_event(o.event, _merged(o.headers, onward), topic=o.topic)
                                        for o in outputs))
         metrics.count_outputs(self.stage, outputs)
-        for failed in (o.event.payload for o in outputs if isinstance(o.event.payload, Failed)):
+        # A failed event sent to a topic of its own (the notifier's retries) is an old failure travelling on.
+        fails = [o.event.payload for o in outputs if isinstance(o.event.payload, Failed) and o.topic is None]
+        for failed in fails:
             log.warning("task failed: %s: %s", failed.code, failed.message, extra={"error_code": failed.code})
         metrics.STAGE_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
         result = ",".join(o.topic or o.event.type for o in outputs) or "no output"
-        tracing.outcome(span, result, failed=any(o.event.type == FAILED for o in outputs))
+        tracing.outcome(span, result, failed=bool(fails))
         log.debug("handled: %s", result)  # a line per record only when asked for (THUMBS_LOG_LEVEL=DEBUG)
 
     async def _call_core(self, event: Event, message: Record) -> tuple[list[Outgoing], str | None]:

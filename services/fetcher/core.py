@@ -5,21 +5,18 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.backoff import backoff_seconds
 from services.common.dedupe import existing
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
 from services.common.media import sniff
 from services.common.model import RETRY, Event, EventError, Failed, Fetched, Hashed, Outgoing, Requested
 from services.common.ports import Thumbnails
+from services.common.retry_topic import RetryPolicy, attempt_of
 from services.common.urls import has_web_scheme
 
 log = logging.getLogger(__name__)
 STAGE = "fetcher"
-ATTEMPT_HEADER = "thumbs-attempt"
-NOT_BEFORE_HEADER = "thumbs-not-before"  # epoch milliseconds
 
 
 class Downloaded(Protocol):
@@ -34,23 +31,6 @@ class Source(Protocol):
     """Where image bytes come from (the guarded HTTP downloader in production)."""
 
     async def fetch(self, url: str) -> Downloaded: ...
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 4
-    base_seconds: float = 1.0
-    cap_seconds: float = 300.0
-
-    def delay(self, attempt: int, jitter: float) -> float:
-        return backoff_seconds(attempt, base=self.base_seconds, cap=self.cap_seconds, jitter=jitter)
-
-
-def attempt_of(headers: Mapping[str, bytes]) -> int:
-    try:
-        return max(1, int(headers.get(ATTEMPT_HEADER, b"1")))
-    except ValueError:
-        return 1
 
 
 async def handle_requested(
@@ -74,8 +54,7 @@ async def handle_requested(
         media_type = sniff(download.data)
     except TransientError as exc:
         if attempt < policy.max_attempts:
-            not_before = int((now() + policy.delay(attempt, jitter())) * 1000)
-            retry_headers = ((ATTEMPT_HEADER, str(attempt + 1).encode()), (NOT_BEFORE_HEADER, str(not_before).encode()))
+            retry_headers = policy.next_attempt(attempt, now(), jitter())
             log.warning("task %s: %s on attempt %d (%s), retrying", event.task_id, exc.code.value, attempt, exc.message)
             return [Outgoing(event, topic=RETRY, headers=retry_headers)]
         return [_failed(event, exc, attempt, f" (gave up after {attempt} attempts)")]

@@ -17,7 +17,7 @@ from services.common.settings import Settings
 
 from .body import read_capped
 from .guard import validate_url
-from .resolver import GuardedResolver, check_literal
+from .resolver import GuardedResolver, check_literal, guarded_session
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +110,8 @@ class Downloader:
         # Created on first use, inside the running loop that will own its connections.
         if self._session is None or self._session.closed:
             s = self._settings
-            self._resolver = GuardedResolver(self._inner_resolver or aiohttp.ThreadedResolver(), s.fetch_allow_networks)
-            # No DNS cache: each new connection gets a fresh lookup and a fresh check. No connection
-            # limit here: the stage's concurrency already bounds downloads in flight.
-            connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False, limit=0)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, connect=s.fetch_connect_timeout, sock_read=s.fetch_read_timeout),
-                headers=HEADERS,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every user: no cookies carried between them
-                trust_env=False,  # a proxy from the environment would dial for us, past the guard
-            )
+            timeout = aiohttp.ClientTimeout(total=None, connect=s.fetch_connect_timeout, sock_read=s.fetch_read_timeout)
+            self._session, self._resolver = guarded_session(s.fetch_allow_networks, self._inner_resolver, timeout, HEADERS)
         return self._session
 
 

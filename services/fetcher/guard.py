@@ -108,28 +108,28 @@ def literal_address(host: str) -> Address | None:
         return None
 
 
-def validate_url(url: str) -> URL:
-    """Parse a source URL, refusing what is never fetchable; IP-literal hosts come back canonical.
+def validate_url(url: str, what: str = "source URL") -> URL:
+    """Parse a source (or callback) URL, refusing what is never fetchable; IP-literal hosts come back canonical.
 
     URLs with credentials are refused rather than stripped: a URL like `http://cdn.example@evil/`
     is a classic way to make a reviewer misread the host, and we never want to send secrets onward.
     """
     if len(url) > MAX_URL_LENGTH:
-        raise PermanentError(ErrorCode.INVALID_REQUEST, f"source URL is longer than {MAX_URL_LENGTH} characters")
+        raise PermanentError(ErrorCode.INVALID_REQUEST, f"{what} is longer than {MAX_URL_LENGTH} characters")
     try:
         parsed = URL(url)
     except ValueError as exc:
-        raise PermanentError(ErrorCode.INVALID_REQUEST, f"source URL cannot be parsed: {exc}") from None
+        raise PermanentError(ErrorCode.INVALID_REQUEST, f"{what} cannot be parsed: {exc}") from None
     if parsed.scheme.lower() not in SCHEMES:
-        raise PermanentError(ErrorCode.INVALID_REQUEST, "source URL must be http or https")
+        raise PermanentError(ErrorCode.INVALID_REQUEST, f"{what} must be http or https")
     host = parsed.raw_host
     if not host:
-        raise PermanentError(ErrorCode.INVALID_REQUEST, "source URL has no host")
+        raise PermanentError(ErrorCode.INVALID_REQUEST, f"{what} has no host")
     if parsed.raw_user is not None or parsed.raw_password is not None:
-        raise PermanentError(ErrorCode.INVALID_REQUEST, "source URL must not carry credentials")
+        raise PermanentError(ErrorCode.INVALID_REQUEST, f"{what} must not carry credentials")
     address = literal_address(host)
     if address is None and not _HOSTNAME.fullmatch(host):
-        raise PermanentError(ErrorCode.INVALID_REQUEST, "source URL host is not a valid name or address")
+        raise PermanentError(ErrorCode.INVALID_REQUEST, f"{what} host is not a valid name or address")
     if address is not None:
         parsed = parsed.with_host(str(address))
     return parsed.with_fragment(None)

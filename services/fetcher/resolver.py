@@ -1,11 +1,13 @@
-"""Name resolution that only ever hands aiohttp addresses the guard has allowed."""
+"""Name resolution that only ever hands aiohttp addresses the guard has allowed, and the sessions built on it."""
 from __future__ import annotations
 
 import ipaddress
 import socket
 from collections.abc import Iterable
 
+import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.typedefs import LooseHeaders
 from yarl import URL
 
 from services.common.errors import ErrorCode, PermanentError, TransientError
@@ -60,3 +62,22 @@ def check_literal(url: URL, allow: Iterable[Network]) -> None:
     address = literal_address(url.raw_host or "")
     if address is not None and is_forbidden(address, allow):
         raise PermanentError(ErrorCode.SOURCE_FORBIDDEN_ADDRESS, FORBIDDEN_MESSAGE)
+
+
+def guarded_session(allow: Iterable[Network], inner: AbstractResolver | None, timeout: aiohttp.ClientTimeout,
+                    headers: LooseHeaders) -> tuple[aiohttp.ClientSession, GuardedResolver]:
+    """A session for outbound requests on users' behalf (source images, webhooks) and its resolver, which the
+    caller closes after the session. Create it inside the running loop that will own its connections."""
+    resolver = GuardedResolver(inner or aiohttp.ThreadedResolver(), allow)
+    # No DNS cache: each new connection gets a fresh lookup and a fresh check. No connection limit here:
+    # the stage's concurrency already bounds the requests in flight.
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=0)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers=headers,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every user: no cookies carried between them
+        trust_env=False,  # a proxy from the environment would dial for us, past the guard
+    )
+    return session, resolver

@@ -13,12 +13,11 @@ from services.common.kafka import KafkaPublisher
 from services.common.model import REQUESTED, RETRY, Event, Outgoing
 from services.common.ports import Thumbnails
 from services.common.repositories import ThumbnailRepository
+from services.common.retry_topic import RetryPolicy, wait_seconds
 from services.common.settings import Settings
 
-from .core import NOT_BEFORE_HEADER, STAGE, RetryPolicy, Source, handle_requested
+from .core import STAGE, Source, handle_requested
 from .download import Downloader
-
-MAX_RETRY_WAIT_S = 600.0  # a corrupt not-before header must not park a partition for longer
 
 
 def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = None, source: Source | None = None,
@@ -44,7 +43,7 @@ def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = Non
         return await handle_requested(event, headers, source, policy, thumbnails, version)
 
     async def retried(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
-        await asyncio.sleep(_wait_seconds(headers))
+        await asyncio.sleep(wait_seconds(headers, time.time()))
         return await handle_requested(event, headers, source, policy, thumbnails, version)
 
     # Retries wait out their delay in a slot of their own member, so they never hold up fresh requests.
@@ -56,14 +55,6 @@ def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = Non
                            [settings.topic(RETRY)], concurrency=concurrency),
     ]
     return stage.Built(subscriptions, closers, checks)
-
-
-def _wait_seconds(headers: Mapping[str, bytes]) -> float:
-    try:
-        not_before = int(headers.get(NOT_BEFORE_HEADER, b"0")) / 1000
-    except ValueError:
-        return 0.0
-    return min(MAX_RETRY_WAIT_S, max(0.0, not_before - time.time()))
 
 
 def main(settings: Settings) -> int:

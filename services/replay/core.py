@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.common.events import decode
-from services.common.model import COMPLETED, FAILED, FETCHED, HASHED, REPLAY_HEADER, REQUESTED, RETRY, EventError, Record
+from services.common.model import COMPLETED, FAILED, FETCHED, HASHED, REPLAY_HEADER, REQUESTED, RETRY, WEBHOOK_RETRY, EventError, Record
 
 Headers = tuple[tuple[str, bytes], ...]
 REDRIVE_HEADER = "thumbs-redriven"
@@ -18,6 +18,7 @@ STAGE_TOPICS = {
     "fetcher": (REQUESTED, RETRY),
     "resizer": (FETCHED,),
     "projector": (REQUESTED, HASHED, COMPLETED, FAILED),
+    "notifier": (COMPLETED, FAILED, WEBHOOK_RETRY),
 }
 
 

@@ -50,6 +50,7 @@ def isolated_env(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...],
         "FETCHER_METRICS_PORT": str(free_port()),
         "RESIZER_METRICS_PORT": str(free_port()),
         "PROJECTOR_METRICS_PORT": str(free_port()),
+        "NOTIFIER_METRICS_PORT": str(free_port()),  # only modules that name "notifier" start one
         "FETCH_ALLOW_NETWORKS": "127.0.0.2/32",  # images are served on 127.0.0.2 only
         "STATE_DIR": str(tmp),
         **extra,
@@ -73,7 +74,7 @@ def drop_environment(settings: Settings) -> None:
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
         for future in (admin.delete_topics(topics, operation_timeout=30).values() if topics else []):
             future.result(30)
-        groups = [settings.group(s) for s in ("fetcher", "resizer", "projector")]
+        groups = [settings.group(s) for s in ("fetcher", "resizer", "projector", "notifier")]
         for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
             try:
                 future.result(15)

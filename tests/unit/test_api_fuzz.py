@@ -34,6 +34,10 @@ def test_every_operation_survives_generated_requests(mode: GenerationMode) -> No
         # Derandomized: the same examples on every run, so CI cannot fail on a draw; widen max_examples to explore.
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
         def check(case: schemathesis.Case) -> None:
+            if mode is GenerationMode.POSITIVE and isinstance(case.body, dict):
+                # Whether a callback URL is accepted depends on the deployment (a signing secret, DNS, the allow list),
+                # not on the schema alone: tests/unit/test_api.py covers it. Without a secret here, every one is refused.
+                case.body.pop("callback_url", None)
             case.call_and_validate()
 
         check()

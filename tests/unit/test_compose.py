@@ -12,7 +12,7 @@ from services.cli import COMMANDS
 from thumbs_devtools.versions import load as load_versions
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
-STAGES = ("api", "fetcher", "resizer", "projector")
+STAGES = ("api", "fetcher", "resizer", "projector", "notifier")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from PIL import Image
 
 from services.common.errors import ErrorCode, PermanentError, TransientError
 from services.common.model import Completed, Event, Failed, Fetched, Hashed, Rendition, Requested, StoredThumbnail
-from services.fetcher.core import ATTEMPT_HEADER, NOT_BEFORE_HEADER, RetryPolicy, handle_requested
+from services.common.retry_topic import ATTEMPT_HEADER, NOT_BEFORE_HEADER, RetryPolicy
+from services.fetcher.core import handle_requested
 from tests.fakes import FakeThumbnails
 
 TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"

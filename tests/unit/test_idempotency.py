@@ -1,7 +1,10 @@
 """Idempotent submits: the decision core, and the API's answers with in-memory ports."""
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +14,7 @@ from services.api import idempotency
 from services.api.app import create_app
 from services.api.idempotency import Decision, decide
 from services.api.validation import ApiError
-from services.common.model import IdempotencyClaim, Rendition
+from services.common.model import IdempotencyClaim, Rendition, Requested
 from services.common.settings import Settings
 from tests.fakes import FakeIdempotencyKeys, FakePublisher, FakeTasks, FakeThumbnails
 
@@ -41,9 +44,16 @@ def test_malformed_keys_are_refused(value: str) -> None:
 def test_keys_and_fingerprints() -> None:
     assert idempotency.parse_key(None) is None
     assert idempotency.parse_key("a" * 255) == "a" * 255
-    assert idempotency.fingerprint(URL, Rendition()) == idempotency.fingerprint(URL, Rendition(100, 100, "jpeg", 85))
-    assert idempotency.fingerprint(URL, Rendition()) != idempotency.fingerprint(URL, Rendition(width=200))
-    assert idempotency.fingerprint(URL, Rendition()) != idempotency.fingerprint(URL + "?v=2", Rendition())
+    plain = idempotency.fingerprint(Requested(URL))
+    assert plain == idempotency.fingerprint(Requested(URL, Rendition(100, 100, "jpeg", 85)))
+    assert plain != idempotency.fingerprint(Requested(URL, Rendition(width=200)))
+    assert plain != idempotency.fingerprint(Requested(URL + "?v=2"))
+    assert plain != idempotency.fingerprint(Requested(URL, callback_url="https://example.com/hook"))
+    assert idempotency.fingerprint(Requested(URL, callback_url="https://example.com/a")) != \
+        idempotency.fingerprint(Requested(URL, callback_url="https://example.com/b"))
+    assert plain == idempotency.fingerprint(Requested(URL, owner="team-a"))  # the owner is the key's scope instead
+    # Claims stored before callback_url existed keep matching the same request.
+    assert plain == hashlib.sha256(json.dumps({"source_url": URL, "rendition": asdict(Rendition())}, sort_keys=True).encode()).hexdigest()
     assert idempotency.claim_time().microsecond % 1000 == 0  # what Cassandra stores, so a take-over compares equal
 
 
@@ -109,7 +119,7 @@ def test_a_failed_publish_releases_the_key(client: TestClient, publisher: FakePu
 
 def test_a_request_still_being_accepted_is_not_duplicated(client: TestClient, publisher: FakePublisher,
                                                           keys: FakeIdempotencyKeys) -> None:
-    fingerprint = idempotency.fingerprint(URL, Rendition())
+    fingerprint = idempotency.fingerprint(Requested(URL))
     keys.claims[("", "key-1")] = _claim(fingerprint, at=idempotency.claim_time())  # claimed, not yet published
     response = _post(client, {"source_image_url": URL})
     assert response.status_code == 409 and response.json()["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE"
@@ -118,7 +128,7 @@ def test_a_request_still_being_accepted_is_not_duplicated(client: TestClient, pu
 
 def test_a_claim_left_unpublished_by_a_dead_request_is_taken_over(client: TestClient, publisher: FakePublisher,
                                                                   keys: FakeIdempotencyKeys) -> None:
-    fingerprint = idempotency.fingerprint(URL, Rendition())
+    fingerprint = idempotency.fingerprint(Requested(URL))
     stale = _claim(fingerprint, at=idempotency.claim_time() - idempotency.STALE_AFTER - timedelta(seconds=1))
     keys.claims[("", "key-1")] = stale
     response = _post(client, {"source_image_url": URL})

@@ -295,7 +295,7 @@ def test_every_reference_names_an_object_of_the_overlay(rendered: Rendered) -> N
 
 def test_a_deployment_per_process_running_the_image(rendered: Rendered) -> None:
     deployments = rendered.deployments()
-    assert {"api", "fetcher", "resizer", "projector"} <= deployments.keys()
+    assert {"api", "fetcher", "resizer", "projector", "notifier"} <= deployments.keys()
     images = {c["image"] for w in rendered.thumbs_workloads() for c in all_containers(w)}
     assert len(images) == 1, f"one image for every process: {images}"
     for component, deployment in deployments.items():
@@ -521,7 +521,9 @@ def test_every_process_is_scraped(rendered: Rendered) -> None:
         assert port_named(deployment, endpoint["port"]) == metrics_port(settings, component), component
 
 
-# --- the fetcher's network policy ------------------------------------------------------------------------------
+# --- the network policy of the stages that reach the internet on users' behalf ---------------------------------
+
+OUTBOUND = ("fetcher", "notifier")  # image origins; webhook receivers
 
 def uncovered(network: Network, excepted: list[Network]) -> list[Network]:
     """The parts of `network` that no network in `excepted` covers."""
@@ -554,9 +556,9 @@ def test_the_overlap_check_of_ip_blocks() -> None:
     assert not admits({"cidr": "2000::/3"}, ipaddress.ip_network("fc00::/7"))
 
 
-def fetcher_policy(rendered: Rendered) -> Obj:
-    fetcher = rendered.deployments()["fetcher"]
-    policies = [p for p in rendered.of_kind("NetworkPolicy") if selects(p["spec"]["podSelector"], pod_labels(fetcher))]
+def egress_policy(rendered: Rendered, component: str) -> Obj:
+    deployment = rendered.deployments()[component]
+    policies = [p for p in rendered.of_kind("NetworkPolicy") if selects(p["spec"]["podSelector"], pod_labels(deployment))]
     assert len(policies) == 1
     assert "Egress" in policies[0]["spec"]["policyTypes"]
     return policies[0]
@@ -567,8 +569,9 @@ def infrastructure_ports(settings: Settings) -> set[int]:
     return {53, settings.cassandra_port} | {int(server.rsplit(":", 1)[1]) for server in settings.kafka_bootstrap.split(",")}
 
 
-def test_the_fetcher_reaches_the_internet_but_no_private_address(rendered: Rendered) -> None:
-    rules = fetcher_policy(rendered)["spec"]["egress"]
+@pytest.mark.parametrize("component", OUTBOUND)
+def test_it_reaches_the_internet_but_no_private_address(rendered: Rendered, component: str) -> None:
+    rules = egress_policy(rendered, component)["spec"]["egress"]
     infrastructure = infrastructure_ports(rendered.settings())
     for rule in rules:
         assert rule.get("to"), "a rule without `to` admits every address"
@@ -580,15 +583,16 @@ def test_the_fetcher_reaches_the_internet_but_no_private_address(rendered: Rende
         for peer in rule["to"]:
             assert set(peer) == {"ipBlock"}, f"a rule on all ports must name addresses: {peer}"
             leaks = [str(n) for n in FORBIDDEN if admits(peer["ipBlock"], n)]
-            assert not leaks, f"{peer['ipBlock']['cidr']} lets the fetcher reach {leaks}"
+            assert not leaks, f"{peer['ipBlock']['cidr']} lets the {component} reach {leaks}"
     blocks = [peer["ipBlock"] for rule in rules if not rule.get("ports") for peer in rule["to"]]
     for address in PUBLIC:
-        assert any(admits(block, address) for block in blocks), f"the fetcher cannot reach {address}"
+        assert any(admits(block, address) for block in blocks), f"the {component} cannot reach {address}"
 
 
-def test_the_fetcher_reaches_dns_kafka_and_cassandra(rendered: Rendered) -> None:
+@pytest.mark.parametrize("component", OUTBOUND)
+def test_it_reaches_dns_kafka_and_cassandra(rendered: Rendered, component: str) -> None:
     settings = rendered.settings()
-    rules = fetcher_policy(rendered)["spec"]["egress"]
+    rules = egress_policy(rendered, component)["spec"]["egress"]
     ports = {(p.get("protocol", "TCP"), p["port"]) for rule in rules for p in rule.get("ports", [])}
     kafka = {int(server.rsplit(":", 1)[1]) for server in settings.kafka_bootstrap.split(",")}
     assert {("UDP", 53), ("TCP", 53), ("TCP", settings.cassandra_port)} | {("TCP", p) for p in kafka} <= ports
