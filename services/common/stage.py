@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import uvloop
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -35,6 +35,7 @@ from .model import DLQ, REPLAY_HEADER, REQUESTED, REQUESTED_AT_HEADER, Event, Ev
 from .settings import Settings
 from .topic_plan import MAX_MESSAGE_BYTES
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event, Mapping[str, bytes]], Awaitable[list[Outgoing]]]
@@ -96,21 +97,15 @@ class StageRunner:
             await self._handle_event(event, message, span, started)
 
     async def _handle_event(self, event: Event, message: Record, span: tracing.Span | None, started: float) -> None:
-        problem: str | None = None
-        outputs: list[Outgoing] = []
-        async for attempt in self._retrying(message, self._transient):
-            with attempt:
-                outputs, problem = await self._call_core(event, message)
+        outputs, problem = await self._persistently(message, self._transient, lambda: self._call_core(event, message))
         if problem is not None:
             await self._dead_letter(message, problem, span)
             return
         onward = onward_headers(event, message.headers)
         # Outputs are published again on their own: calling the core again would redo its effects (and
         # answer "deduplicated" for a thumbnail it has just stored).
-        async for attempt in self._retrying(message, (PublishError,)):
-            with attempt:
-                await asyncio.gather(*(self._publisher.publish_event(o.event, _merged(o.headers, onward), topic=o.topic)
-                                       for o in outputs))
+        await self._persistently(message, (PublishError,), lambda: asyncio.gather(
+            *(self._publisher.publish_event(o.event, _merged(o.headers, onward), topic=o.topic) for o in outputs)))
         metrics.count_outputs(self.stage, outputs)
         # A failed event sent to a topic of its own (the notifier's retries) is an old failure travelling on.
         fails = [o.event.payload for o in outputs if isinstance(o.event.payload, Failed) and o.topic is None]
@@ -140,23 +135,41 @@ class StageRunner:
             reason=reason, stage=self.stage, topic=message.topic, partition=message.partition,
             offset=message.offset, key=message.key, value=message.value, headers=list(message.headers),
         )
-        async for attempt in self._retrying(message, (PublishError,)):
-            with attempt:
-                await self._publisher.publish(self._settings.topic(DLQ), message.key, record, message.headers)
+        await self._persistently(message, (PublishError,),
+                                 lambda: self._publisher.publish(self._settings.topic(DLQ), message.key, record, message.headers))
         metrics.DEAD_LETTERS.labels(self.stage, message.topic).inc()
 
-    def _retrying(self, message: Record, transient: tuple[type[BaseException], ...]) -> AsyncRetrying:
+    async def _persistently(self, message: Record, transient: tuple[type[BaseException], ...],
+                            call: Callable[[], Awaitable[T]]) -> T:
+        """`call`'s result, calling it again with backoff for as long as it raises one of `transient`. The first
+        attempt runs bare: tenacity's machinery cost most of a record's edge time (bench/tracing_overhead.py) and
+        is wanted only once something has failed."""
+        try:
+            return await call()
+        except transient as error:
+            self._retry_noted(message, 1, error)
+            await self._sleep(self._backoff(1))
+
         def before_sleep(state: RetryCallState) -> None:
-            metrics.INFRA_RETRIES.labels(self.stage).inc()
             error = state.outcome.exception() if state.outcome else None
-            log.warning("%s: %s on %s[%s]@%s (attempt %d), retrying: %s", self.stage, type(error).__name__,
-                        message.topic, message.partition, message.offset, state.attempt_number, error)
+            self._retry_noted(message, state.attempt_number + 1, error)
 
-        def wait(state: RetryCallState) -> float:
-            return backoff_seconds(state.attempt_number, base=RETRY_BASE_S, cap=RETRY_CAP_S, jitter=random.random())
+        retrying = AsyncRetrying(retry=retry_if_exception_type(transient), stop=stop_never, sleep=self._sleep,
+                                 wait=lambda state: self._backoff(state.attempt_number + 1),
+                                 before_sleep=before_sleep, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: the retries never stop but by returning or raising")
 
-        return AsyncRetrying(retry=retry_if_exception_type(transient), stop=stop_never, wait=wait,
-                             sleep=self._sleep, before_sleep=before_sleep, reraise=True)
+    def _retry_noted(self, message: Record, attempt: int, error: BaseException | None) -> None:
+        metrics.INFRA_RETRIES.labels(self.stage).inc()
+        log.warning("%s: %s on %s[%s]@%s (attempt %d), retrying: %s", self.stage, type(error).__name__,
+                    message.topic, message.partition, message.offset, attempt, error)
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return backoff_seconds(attempt, base=RETRY_BASE_S, cap=RETRY_CAP_S, jitter=random.random())
 
 
 Headers = Sequence[tuple[str, bytes]]
