@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic
 from PIL import Image
 
-from services.common.cassandra import connect, migrate
+from services.common.cassandra import MIGRATIONS, connect, migrate
 from services.common.kafka import client_config
 from services.common.settings import PREFIX, Settings
 from thumbs_devtools.commands import environment
@@ -108,7 +108,7 @@ def test_cassandra_connects_and_migrates_with_the_password(secure: Settings) -> 
     settings = dataclasses.replace(secure, keyspace=f"secure_{uuid.uuid4().hex[:12]}")
     session = connect(settings, timeout=20)
     try:
-        assert migrate(settings, session) == [1, 2]
+        assert migrate(settings, session) == [m.version for m in MIGRATIONS]
         tables = session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s",
                                  (settings.keyspace,))
         assert {"tasks", "thumbnails", "schema_migrations"} <= {row.table_name for row in tables}
