@@ -90,22 +90,16 @@ class FakeIdempotencyKeys:
             self.claims[(scope, key)] = claim
         return existing
 
-    async def published(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
-        self._refuse()
-        existing = self.claims.get((scope, key))
-        if existing is not None and existing.task_id == claim.task_id:
-            self.claims[(scope, key)] = replace(existing, published=True)
-
     async def release(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
         self._refuse()
         existing = self.claims.get((scope, key))
-        if existing is not None and existing.task_id == claim.task_id and not existing.published:
+        if existing is not None and existing.task_id == claim.task_id:
             del self.claims[(scope, key)]
 
     async def take_over(self, scope: str, key: str, stale: IdempotencyClaim, now: datetime) -> bool:
         self._refuse()
         existing = self.claims.get((scope, key))
-        if existing is None or existing.claimed_at != stale.claimed_at or existing.published:
+        if existing is None or existing.claimed_at != stale.claimed_at:
             return False
         self.claims[(scope, key)] = replace(stale, claimed_at=now)
         return True

@@ -185,7 +185,8 @@ async def _accept_once(request: Request, key: str, event: Event, scope: str) -> 
         log.warning("idempotency claim failed: %s", exc)
         raise store_unavailable() from None
     if existing is not None:
-        decision = idempotency.decide(existing, request_fingerprint, idempotency.claim_time())
+        accepted = existing.fingerprint == request_fingerprint and await _has_row(request, existing.task_id)
+        decision = idempotency.decide(existing, request_fingerprint, idempotency.claim_time(), accepted=accepted)
         if decision is idempotency.Decision.CONFLICT:
             raise idempotency.conflict_error()
         if decision is idempotency.Decision.IN_FLIGHT:
@@ -211,21 +212,26 @@ async def _accept_once(request: Request, key: str, event: Event, scope: str) -> 
         except Exception as exc:  # noqa: BLE001 - then the claim goes stale and a retry takes it over
             log.warning("could not release idempotency key: %s", exc)
         raise
-    try:
-        await keys.published(scope, key, claim)
-    except Exception as exc:  # noqa: BLE001 - accepted; a retry within 30 s is told to wait, later it re-publishes
-        log.warning("could not mark idempotency key published: %s", exc)
     return event
 
 
-async def _task(request: Request) -> TaskView:
-    caller = await request.app.state.access.caller(request.headers)
-    task_id = parse_task_id(request.query_params.get("task_id"))
+async def _has_row(request: Request, task_id: str) -> bool:
+    return await _stored_task(request, task_id) is not None
+
+
+async def _stored_task(request: Request, task_id: str) -> TaskView | None:
     try:
         view: TaskView | None = await request.app.state.tasks.get(task_id)
     except Exception as exc:  # noqa: BLE001 - any driver failure means the store is unavailable
         log.warning("task lookup failed: %s", exc)
         raise store_unavailable() from None
+    return view
+
+
+async def _task(request: Request) -> TaskView:
+    caller = await request.app.state.access.caller(request.headers)
+    task_id = parse_task_id(request.query_params.get("task_id"))
+    view = await _stored_task(request, task_id)
     # Another key's task answers exactly as a missing one, so task ids tell nothing about other clients.
     if view is None or (caller is not None and view.owner != caller.name):
         raise ApiError(404, "TASK_NOT_FOUND", f"no task {task_id}")

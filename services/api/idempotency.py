@@ -1,8 +1,10 @@
 """Idempotent submits: a client that retries `POST /thumbnail` with the same `Idempotency-Key` gets the same task.
 
 The key's claim lives in Cassandra for a day, written with a lightweight transaction, so every API process (and a
-restarted one) sees the first request's claim. A claim records the task it stands for, the request's fingerprint
-and whether its event was published; what a second request with the key gets follows from that alone (`decide`).
+restarted one) sees the first request's claim. A claim records the task it stands for and the request's fingerprint;
+whether that task was accepted shows in its task row, which the API writes once Kafka has acknowledged the request
+(and the projector writes too). What a second request with the key gets follows from these (`decide`). One
+lightweight transaction per keyed request: marking the claim accepted would have been a second.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from .validation import ApiError
 HEADER = "idempotency-key"
 KEY_MAX_LENGTH = 255
 KEY_LIFETIME = timedelta(hours=24)
-# A claim whose event is still unpublished after this long belongs to a request that died between claiming the key
-# and publishing (the publish waits at most 5 s): a retry may then publish the claimed task itself.
+# A claim whose task has no row after this long belongs to a request that died between claiming the key and
+# publishing (the publish waits at most 5 s): a retry may then publish the claimed task itself.
 STALE_AFTER = timedelta(seconds=30)
 
 
@@ -56,10 +58,11 @@ def claim_time() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def decide(existing: IdempotencyClaim, request_fingerprint: str, now: datetime) -> Decision:
+def decide(existing: IdempotencyClaim, request_fingerprint: str, now: datetime, *, accepted: bool) -> Decision:
+    """`accepted`: the claimed task has a row, so its request was acknowledged by Kafka."""
     if existing.fingerprint != request_fingerprint:
         return Decision.CONFLICT
-    if existing.published:
+    if accepted:
         return Decision.REUSE
     return Decision.TAKE_OVER if now - existing.claimed_at >= STALE_AFTER else Decision.IN_FLIGHT
 

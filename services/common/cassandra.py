@@ -81,7 +81,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         event_id uuid,
         fingerprint text,
         claimed_at timestamp,
-        published boolean,
         PRIMARY KEY ((scope, idempotency_key))
         ) WITH default_time_to_live = 86400""",
     )),

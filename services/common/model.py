@@ -236,13 +236,12 @@ class ApiKey:
 @dataclass(frozen=True)
 class IdempotencyClaim:
     """What an Idempotency-Key stands for: the task (and its requested event's id) the first request with it created,
-    that request's fingerprint, and whether its event was published."""
+    and that request's fingerprint."""
 
     task_id: str
     event_id: str
     fingerprint: str
     claimed_at: datetime
-    published: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,8 @@ class IdempotencyKeys(Protocol):
     async def claim(self, scope: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         """Records `claim` unless the key has one; returns None when recorded, else the existing claim."""
 
-    async def published(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
-        """Marks the claim's event published."""
-
     async def release(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
-        """Drops an unpublished claim (its publish failed), so that a retry starts afresh."""
+        """Drops a claim whose publish failed, so that a retry starts afresh."""
 
     async def take_over(self, scope: str, key: str, stale: IdempotencyClaim, now: datetime) -> bool:
-        """Renews a stale unpublished claim for this request; False when another request renewed it first."""
+        """Renews a stale claim for this request; False when another request renewed it first."""

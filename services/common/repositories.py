@@ -100,8 +100,8 @@ class ThumbnailRepository:
 
 class IdempotencyRepository:
     """Idempotency-Key claims, one partition per (scope, key), every write a lightweight transaction so that two API
-    processes racing on one key agree on a single winner. Every cell of a claim carries the same expiry (the
-    table's day, counted from `claimed_at`), so a claim vanishes whole."""
+    processes racing on one key agree on a single winner. A take-over rewrites every cell, so all of a claim's cells
+    keep one expiry (the table's day) and it vanishes whole."""
 
     LIFETIME = timedelta(seconds=86400)  # the table's default_time_to_live (migration 3)
     CLAIM_ATTEMPTS = 4
@@ -111,13 +111,12 @@ class IdempotencyRepository:
         table = f"{keyspace}.idempotency_keys"
         where = "WHERE scope = ? AND idempotency_key = ?"
         self._claim = session.prepare(
-            f"INSERT INTO {table} (scope, idempotency_key, task_id, event_id, fingerprint, claimed_at, published) "
-            f"VALUES (?, ?, ?, ?, ?, ?, false) IF NOT EXISTS")
-        self._published = session.prepare(f"UPDATE {table} USING TTL ? SET published = true {where} IF task_id = ?")
-        self._release = session.prepare(f"DELETE FROM {table} {where} IF task_id = ? AND published = false")
+            f"INSERT INTO {table} (scope, idempotency_key, task_id, event_id, fingerprint, claimed_at) "
+            f"VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+        self._release = session.prepare(f"DELETE FROM {table} {where} IF task_id = ?")
         self._take_over = session.prepare(
-            f"UPDATE {table} USING TTL ? SET task_id = ?, event_id = ?, fingerprint = ?, claimed_at = ?, published = false "
-            f"{where} IF claimed_at = ? AND published = false")
+            f"UPDATE {table} USING TTL ? SET task_id = ?, event_id = ?, fingerprint = ?, claimed_at = ? "
+            f"{where} IF claimed_at = ?")
 
     async def claim(self, scope: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         params = [scope, key, uuid.UUID(claim.task_id), uuid.UUID(claim.event_id), claim.fingerprint, claim.claimed_at]
@@ -134,11 +133,7 @@ class IdempotencyRepository:
         if row.applied or str(row.task_id) == claim.task_id:
             return None
         return IdempotencyClaim(str(row.task_id), str(row.event_id), row.fingerprint,
-                                row.claimed_at.replace(tzinfo=UTC), bool(row.published))
-
-    async def published(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
-        params = [self._remaining(claim.claimed_at), scope, key, uuid.UUID(claim.task_id)]
-        await execute(self._session, self._published, params, operation="idempotency_publish")
+                                row.claimed_at.replace(tzinfo=UTC))
 
     async def release(self, scope: str, key: str, claim: IdempotencyClaim) -> None:
         await execute(self._session, self._release, [scope, key, uuid.UUID(claim.task_id)], operation="idempotency_release")
@@ -149,8 +144,6 @@ class IdempotencyRepository:
         (row,) = await execute(self._session, self._take_over, params, operation="idempotency_take_over")
         return bool(row.applied)
 
-    def _remaining(self, claimed_at: datetime) -> int:
-        return max(1, int((claimed_at + self.LIFETIME - datetime.now(UTC)).total_seconds()))
 
 
 class ApiKeyRepository:

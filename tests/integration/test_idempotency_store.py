@@ -62,7 +62,7 @@ def test_processes_racing_on_one_key_agree_on_one_claim(settings: Settings, sess
         assert all(answer == winners[0] for answer in answers if answer is not None)  # the winner's, as stored
 
 
-def test_publish_release_and_take_over_are_conditional(settings: Settings, sessions: list[Session]) -> None:
+def test_release_and_take_over_are_conditional(settings: Settings, sessions: list[Session]) -> None:
     store = IdempotencyRepository(sessions[0], settings.keyspace)
 
     async def scenario() -> None:
@@ -70,10 +70,6 @@ def test_publish_release_and_take_over_are_conditional(settings: Settings, sessi
         assert await store.claim("", "k", first) is None
         await store.release("", "k", _claim())  # another task's release leaves the claim alone
         assert await store.claim("", "k", _claim()) == first
-        await store.published("", "k", first)
-        await store.release("", "k", first)  # published claims are never released
-        stored = await store.claim("", "k", _claim())
-        assert stored is not None and stored.published and stored.task_id == first.task_id
 
         unpublished = _claim()
         assert await store.claim("", "dead", unpublished) is None
@@ -81,7 +77,7 @@ def test_publish_release_and_take_over_are_conditional(settings: Settings, sessi
         assert await store.take_over("", "dead", unpublished, renewed)
         assert not await store.take_over("", "dead", unpublished, renewed)  # a second taker loses: the time moved on
         stored = await store.claim("", "dead", _claim())
-        assert stored == IdempotencyClaim(unpublished.task_id, unpublished.event_id, "f", renewed, False)
+        assert stored == IdempotencyClaim(unpublished.task_id, unpublished.event_id, "f", renewed)
 
         await store.release("", "dead", stored)
         fresh = _claim()
@@ -93,14 +89,15 @@ def test_publish_release_and_take_over_are_conditional(settings: Settings, sessi
     asyncio.run(scenario())
 
 
-def test_claims_expire_after_a_day(settings: Settings, sessions: list[Session]) -> None:
+def test_claims_expire_after_a_day_and_a_take_over_renews_every_cell(settings: Settings, sessions: list[Session]) -> None:
     store = IdempotencyRepository(sessions[0], settings.keyspace)
     claim = _claim()
     asyncio.run(store.claim("", "ttl", claim))
-    asyncio.run(store.published("", "ttl", claim))
-    rows = sessions[0].execute(
-        f"SELECT TTL(task_id) AS task_ttl, TTL(published) AS published_ttl FROM {settings.keyspace}.idempotency_keys "
-        "WHERE scope = '' AND idempotency_key = 'ttl'").all()
-    (row,) = rows
-    # Every cell of the claim expires together, a day after the claim: none outlives the others.
-    assert 86400 - 60 < row.task_ttl <= 86400 and abs(row.published_ttl - row.task_ttl) <= 2
+    query = (f"SELECT TTL(task_id) AS task_ttl, TTL(fingerprint) AS fingerprint_ttl, TTL(claimed_at) AS claimed_ttl "
+             f"FROM {settings.keyspace}.idempotency_keys WHERE scope = '' AND idempotency_key = 'ttl'")
+    for _ in range(2):
+        (row,) = sessions[0].execute(query).all()
+        # Every cell of the claim expires together, a day after it was written: none outlives the others.
+        assert 86400 - 60 < row.task_ttl <= 86400 and row.task_ttl == row.fingerprint_ttl == row.claimed_ttl, row
+        assert asyncio.run(store.take_over("", "ttl", claim, claim.claimed_at + timedelta(seconds=31)))
+        claim = IdempotencyClaim(claim.task_id, claim.event_id, claim.fingerprint, claim.claimed_at + timedelta(seconds=31))

@@ -22,16 +22,18 @@ URL = "http://127.0.0.1:8000/a.jpg"
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def _claim(fingerprint: str = "f", *, published: bool = False, at: datetime = T0) -> IdempotencyClaim:
-    return IdempotencyClaim(str(uuid.uuid4()), str(uuid.uuid4()), fingerprint, at, published)
+def _claim(fingerprint: str = "f", *, at: datetime = T0) -> IdempotencyClaim:
+    return IdempotencyClaim(str(uuid.uuid4()), str(uuid.uuid4()), fingerprint, at)
 
 
 def test_the_decision_follows_from_the_claim_alone() -> None:
-    assert decide(_claim("f", published=True), "f", T0) is Decision.REUSE
-    assert decide(_claim("f", published=True), "g", T0) is Decision.CONFLICT
-    assert decide(_claim("f"), "g", T0 + timedelta(hours=1)) is Decision.CONFLICT  # another body never takes over
-    assert decide(_claim("f"), "f", T0 + idempotency.STALE_AFTER - timedelta(seconds=1)) is Decision.IN_FLIGHT
-    assert decide(_claim("f"), "f", T0 + idempotency.STALE_AFTER) is Decision.TAKE_OVER
+    assert decide(_claim("f"), "f", T0, accepted=True) is Decision.REUSE
+    assert decide(_claim("f"), "g", T0, accepted=True) is Decision.CONFLICT
+    assert decide(_claim("f"), "g", T0 + timedelta(hours=1), accepted=False) is Decision.CONFLICT  # never taken over
+    stale = T0 + idempotency.STALE_AFTER
+    assert decide(_claim("f"), "f", stale - timedelta(seconds=1), accepted=False) is Decision.IN_FLIGHT
+    assert decide(_claim("f"), "f", stale, accepted=False) is Decision.TAKE_OVER
+    assert decide(_claim("f"), "f", stale, accepted=True) is Decision.REUSE
 
 
 @pytest.mark.parametrize("value", ["", "a" * 256, "has space", "tab\tkey", "ünïcode"])
@@ -120,7 +122,7 @@ def test_a_failed_publish_releases_the_key(client: TestClient, publisher: FakePu
 def test_a_request_still_being_accepted_is_not_duplicated(client: TestClient, publisher: FakePublisher,
                                                           keys: FakeIdempotencyKeys) -> None:
     fingerprint = idempotency.fingerprint(Requested(URL))
-    keys.claims[("", "key-1")] = _claim(fingerprint, at=idempotency.claim_time())  # claimed, not yet published
+    keys.claims[("", "key-1")] = _claim(fingerprint, at=idempotency.claim_time())  # claimed, its task not yet accepted
     response = _post(client, {"source_image_url": URL})
     assert response.status_code == 409 and response.json()["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE"
     assert response.headers["retry-after"] == "1" and publisher.events == []
@@ -135,7 +137,7 @@ def test_a_claim_left_unpublished_by_a_dead_request_is_taken_over(client: TestCl
     assert response.status_code == 202 and response.json()["task_id"] == stale.task_id
     [event] = publisher.events  # the dead request's task, under its own ids: a duplicate downstream is harmless
     assert (event.task_id, event.event_id) == (stale.task_id, stale.event_id)
-    assert keys.claims[("", "key-1")].published
+    assert client.get("/thumbnail", params={"task_id": stale.task_id}).status_code == 202  # accepted: it has a row
     assert _post(client, {"source_image_url": URL}).json()["task_id"] == stale.task_id and len(publisher.events) == 1
 
 
