@@ -25,7 +25,7 @@ from tests.observability import metric_names_used
 from .stack import ImageServer, Stack, poll_terminal, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
-STAGES = ("fetcher", "resizer", "projector")
+STAGES = ("fetcher", "resizer", "projector", "notifier")
 
 
 class TraceReceiver:
@@ -81,10 +81,11 @@ def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], 
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     exporting = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
                  "OTEL_BSP_SCHEDULE_DELAY": "200"}  # batches sent every 0.2 s, not every 5
-    with running_stack(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("observed"),
-                       process_env=exporting, LOG_FORMAT="json") as stack:
+    # The notifier too: the webhook alert and panel read its counter, which it serves at 0 from its start.
+    with running_stack(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("observed"), names=("api", *STAGES),
+                       process_env=exporting, LOG_FORMAT="json", WEBHOOK_SECRET="observability-webhook-secret") as stack:
         for stage in STAGES:
-            wait_for(lambda s=stage: _probe(stack, s, "/readyz") == 200, 60, lambda: stack.log_tail("fetcher"))
+            wait_for(lambda s=stage: _probe(stack, s, "/readyz") == 200, 60, lambda s=stage: stack.log_tail(s))
         yield stack
 
 
