@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import json
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -13,11 +14,13 @@ from typing import Protocol
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from services.common import tracing
@@ -36,11 +39,13 @@ from .backpressure import Backlog
 from .callbacks import CallbackCheck
 from .metrics import HttpMetrics
 from .openapi import DOCS_HTML, openapi_spec
+from .task_events import StreamEvent, StreamSlots, TaskWatch, error_body, status_body
 from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request
 
 log = logging.getLogger(__name__)
 READY = STAGE_READY.labels("api")
 IMMUTABLE = "public, max-age=31536000, immutable"
+PING_SECONDS = 15  # a comment line this often keeps proxies from closing a quiet stream
 
 
 class Publisher(Protocol):
@@ -50,8 +55,7 @@ class Publisher(Protocol):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    # The top-level "message" keeps clients of the replaced system working.
-    return JSONResponse({"error": {"code": code, "message": message}, "message": message}, status, headers)
+    return JSONResponse(error_body(code, message), status, headers)
 
 
 def store_unavailable() -> ApiError:
@@ -90,6 +94,8 @@ def create_app(
         app.state.access = Access(api_keys_used, required=settings.auth == "required")
         syncing = asyncio.create_task(keep_synced(app.state.access)) if app.state.access.required else None
         app.state.backlog = Backlog(settings.max_backlog)
+        app.state.stream_slots = StreamSlots(settings.sse_max_streams)
+        app.state.stream_seconds = settings.sse_max_seconds
         app.state.webhook_secret = settings.webhook_secret
         app.state.callbacks = CallbackCheck(allow=settings.fetch_allow_networks,
                                             resolver=callback_resolver or aiohttp.ThreadedResolver())
@@ -106,6 +112,7 @@ def create_app(
         Route("/thumbnail", submit, methods=["POST"]),
         Route("/thumbnail", status, methods=["GET"]),
         Route("/thumbnail/file", file, methods=["GET"]),
+        Route("/thumbnail/events", events, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/livez", health, methods=["GET"]),  # the stages' probe paths, so every process answers the same
@@ -252,31 +259,64 @@ async def _thumbnail(request: Request, view: TaskView) -> StoredThumbnail:
 
 async def status(request: Request) -> Response:
     view = await _task(request)
-    body: dict[str, object] = {"task_id": view.task_id, "status": view.status.value}
-    if view.callback_url:
-        body["webhook"] = webhook_of(view)
     if view.status is Status.SUCCESS:
-        stored = await _thumbnail(request, view)
-        body.update(
-            message="ok",
-            base64_thumbnail_data=base64.b64encode(stored.data).decode("ascii"),
-            content_type=stored.content_type,
-            width=stored.width,
-            height=stored.height,
-            source_sha256=view.source_sha256,
-        )
-        return JSONResponse(body)
+        return JSONResponse(status_body(view, await _thumbnail(request, view)))
     if view.status is Status.FAILURE:
-        body.update(message=view.error_message or "failed", error={"code": view.error_code, "message": view.error_message})
-        return JSONResponse(body)
-    body.update(message="in progress", status=Status.PENDING.value, stage=view.status.value)
-    return JSONResponse(body, 202, {"Retry-After": "1"})
+        return JSONResponse(status_body(view))
+    return JSONResponse(status_body(view), 202, {"Retry-After": "1"})
 
 
-def webhook_of(view: TaskView) -> dict[str, object]:
-    """The completion webhook's delivery: pending until the notifier records an attempt."""
-    return {"state": view.webhook_state or "pending", "attempts": view.webhook_attempts or 0,
-            "last_status": view.webhook_last_status}
+async def events(request: Request) -> Response:
+    view = await _task(request)  # 400, 401, 403, 404 and 503 as JSON, before any stream opens
+    watch = TaskWatch(view.task_id, asyncio.get_running_loop().time(), request.app.state.stream_seconds,
+                      jitter=random.random)
+    return SlotHeldStream(_task_events(request.app.state.tasks, view, watch), request.app.state.stream_slots)
+
+
+async def _task_events(tasks: Tasks, first: TaskView, watch: TaskWatch) -> AsyncIterator[ServerSentEvent]:
+    """Polls the task row, with backoff, until the watch has sent its last event."""
+    view: TaskView | None = first
+    while True:
+        event = watch.observe(view)
+        if event is not None:
+            yield _sse(event)
+        if watch.finished:
+            return
+        wait = watch.next_wait(asyncio.get_running_loop().time())
+        if wait is None:
+            yield _sse(watch.timeout())
+            return
+        await asyncio.sleep(wait)
+        try:
+            view = await tasks.get(first.task_id)
+        except Exception as exc:  # noqa: BLE001 - any driver failure ends the stream with an error event, never a traceback
+            log.warning("task lookup failed while streaming %s: %s", first.task_id, exc)
+            unavailable = store_unavailable()
+            yield _sse(watch.failed(error_body(unavailable.code, unavailable.message)))
+            return
+
+
+def _sse(event: StreamEvent) -> ServerSentEvent:
+    return ServerSentEvent(json.dumps(event.data, separators=(",", ":")), event=event.kind, id=str(event.sequence))
+
+
+class SlotHeldStream(EventSourceResponse):
+    """An event stream that holds one of the process's stream slots while it runs, or a 503 when none is free."""
+
+    def __init__(self, content: AsyncIterator[ServerSentEvent], slots: StreamSlots) -> None:
+        super().__init__(content, ping=PING_SECONDS)
+        self._slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._slots.take():
+            refused = error_response(503, "TOO_MANY_STREAMS", f"this process already serves {self._slots.limit} event streams, "
+                                     "try again shortly or poll GET /thumbnail", {"Retry-After": "5"})
+            await refused(scope, receive, send)
+            return
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # however it ends: finished, timed out, client gone, cancelled at shutdown, or a HEAD request
+            self._slots.give_back()
 
 
 async def file(request: Request) -> Response:

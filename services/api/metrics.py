@@ -13,7 +13,7 @@ from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
 TRACE_HEADER_KEYS = frozenset(name.encode() for name in tracing.TRACE_HEADERS)
 access_log = logging.getLogger("thumbs.access")
 UNLOGGED = frozenset({"/health", "/ready", "/livez", "/readyz", "/metrics"})  # probes and scrapes, every few seconds each
-ROUTES = frozenset({"/thumbnail", "/thumbnail/file", "/health", "/ready", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs"})
+ROUTES = frozenset({"/thumbnail", "/thumbnail/file", "/thumbnail/events", "/health", "/ready", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs"})
 
 
 class HttpMetrics:

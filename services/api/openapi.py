@@ -38,7 +38,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "Body is not application/json.",
         409: "The Idempotency-Key was used with another request, or its first request is still being accepted.",
         422: "Well-formed but invalid input.",
-        503: "Kafka or Cassandra unavailable, or (POST) the backlog over THUMBS_MAX_BACKLOG; retry after Retry-After seconds.",
+        503: "Kafka or Cassandra unavailable, or (POST) the backlog over THUMBS_MAX_BACKLOG, or (events) "
+             "THUMBS_SSE_MAX_STREAMS streams already open; retry after Retry-After seconds.",
     }
     return {str(s): _json("Error", texts[s], RETRY_AFTER if s in (429, 503) else None) for s in statuses}
 
@@ -114,6 +115,21 @@ def openapi_spec() -> dict[str, Any]:
                         "202": _json("Error", "In progress.", RETRY_AFTER),
                         "304": {"description": "Not modified (If-None-Match matched the ETag)."},
                         "422": _json("Error", "The task failed; the body has its error code."),
+                        **_errors(400, 401, 403, 404, 503),
+                    },
+                }
+            },
+            "/thumbnail/events": {
+                "get": {
+                    "summary": "Live task events (Server-Sent Events) until the task ends",
+                    "description": "One `event: status` per status change, `id:` its sequence number, `data:` the JSON of "
+                                   "GET /thumbnail without base64_thumbnail_data; closed after SUCCESS or FAILURE. A stream "
+                                   "open THUMBS_SSE_MAX_SECONDS ends with `event: timeout` (the last status); a task store "
+                                   "failure with `event: error` (an Error body).",
+                    "parameters": [UUID_PARAM],
+                    "responses": {
+                        "200": {"description": "The event stream.",
+                                "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                         **_errors(400, 401, 403, 404, 503),
                     },
                 }

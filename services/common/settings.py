@@ -97,6 +97,12 @@ class Settings:
         0, "Records of thumbnail.requested the fetchers may lag behind before POST /thumbnail answers 503 "
         "with Retry-After (0 turns the check off)."
     )
+    sse_max_streams: int = _setting(
+        1000, "Open GET /thumbnail/events streams per API process; beyond, 503 TOO_MANY_STREAMS with Retry-After."
+    )
+    sse_max_seconds: float = _setting(
+        600.0, "Longest life of one GET /thumbnail/events stream: then a `timeout` event, and the client reconnects or polls."
+    )
     fetcher_metrics_port: int = _setting(9101, "Port of the fetcher's /metrics (0 turns it off).")
     resizer_metrics_port: int = _setting(9102, "Port of the resizer's /metrics (0 turns it off).")
     projector_metrics_port: int = _setting(9103, "Port of the projector's /metrics (0 turns it off).")

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import io
+import json
 import random
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from httpx_sse import EventSource, connect_sse
 from PIL import Image, ImageDraw, ImageFilter
 
 from .stack import ImageServer, Stack, poll_terminal, running_stack
@@ -229,3 +234,64 @@ def test_requests_produced_straight_to_kafka(client: httpx.Client, images: Image
         body = poll_terminal(client, task_id)
         assert body["status"] == "SUCCESS", body
         assert (body["width"], body["height"]) == (100, 50)
+
+
+def _sse(source: EventSource) -> Iterator[tuple[str, int, dict]]:
+    assert source.response.status_code == 200, source.response.read()
+    for sse in source.iter_sse():
+        yield sse.event, int(sse.id), json.loads(sse.data)
+
+
+def _gated(body: bytes, gate: threading.Event) -> Callable[[http.server.BaseHTTPRequestHandler], None]:
+    """An origin that answers only once the test opens the gate, so the task is seen PENDING first."""
+
+    def serve(handler: http.server.BaseHTTPRequestHandler) -> None:
+        gate.wait(10)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return serve
+
+
+def test_events_stream_a_task_from_post_to_success(client: httpx.Client, images: ImageServer) -> None:
+    gate = threading.Event()
+    url = images.behave("/events/gated.jpg", _gated(photo(400, 200, seed=11), gate))
+    task_id = client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"]
+    with connect_sse(client, "GET", "/thumbnail/events", params={"task_id": task_id},
+                     timeout=httpx.Timeout(10, read=30)) as source:  # 30 s: over the 15 s between pings
+        events = _sse(source)
+        seen = [next(events)]
+        gate.set()
+        seen.extend(events)
+    assert [seq for _, seq, _ in seen] == list(range(1, len(seen) + 1)) and {kind for kind, _, _ in seen} == {"status"}
+    steps = [(body["status"], body.get("stage")) for _, _, body in seen]
+    assert steps[0] == ("PENDING", "PENDING") and steps[-1] == ("SUCCESS", None), steps
+    assert steps in ([("PENDING", "PENDING"), ("SUCCESS", None)],  # FETCHED may pass between two looks
+                     [("PENDING", "PENDING"), ("PENDING", "FETCHED"), ("SUCCESS", None)]), steps
+    last = seen[-1][2]
+    assert (last["width"], last["height"], last["content_type"]) == (100, 50, "image/jpeg")
+    assert "base64_thumbnail_data" not in last and last["task_id"] == task_id
+
+
+def test_events_of_a_failing_source_end_in_failure_with_its_code(client: httpx.Client, images: ImageServer) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": images.base + "/events/missing.jpg"}).json()["task_id"]
+    with connect_sse(client, "GET", "/thumbnail/events", params={"task_id": task_id},
+                     timeout=httpx.Timeout(10, read=30)) as source:
+        seen = list(_sse(source))
+    assert seen[-1][2]["status"] == "FAILURE" and seen[-1][2]["error"]["code"] == "SOURCE_HTTP_ERROR", seen
+    assert all(body["status"] == "PENDING" for _, _, body in seen[:-1]), seen
+
+
+def test_events_of_a_finished_task_are_its_terminal_event_at_once(client: httpx.Client, images: ImageServer) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": images.add("/events/done.jpg", photo(64, 64, seed=12))}).json()["task_id"]
+    assert poll_terminal(client, task_id)["status"] == "SUCCESS"
+    started = time.monotonic()
+    with connect_sse(client, "GET", "/thumbnail/events", params={"task_id": task_id}) as source:
+        seen = list(_sse(source))
+    assert time.monotonic() - started < 2.0
+    assert [(kind, seq, body["status"]) for kind, seq, body in seen] == [("status", 1, "SUCCESS")]
+    unknown = client.get("/thumbnail/events", params={"task_id": "00000000-0000-4000-8000-000000000000"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "TASK_NOT_FOUND"

@@ -9,7 +9,8 @@ DRIVERS = ("cassandra", "confluent_kafka", "aiohttp", "starlette", "jsonschema_r
 
 
 @pytest.mark.parametrize("core", ["services.fetcher.core", "services.resizer.core", "services.projector.core",
-                                  "services.notifier.core", "services.common.model", "services.common.ports"])
+                                  "services.notifier.core", "services.api.task_events", "services.common.model",
+                                  "services.common.ports"])
 def test_a_core_imports_no_driver(core: str) -> None:
     probe = f"import sys, {core}; print(','.join(m for m in {DRIVERS!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()

@@ -152,7 +152,7 @@ def test_a_task_is_seen_only_by_the_key_that_created_it(parts) -> None:
     task_id = created.json()["task_id"]
     assert publisher.events[0].payload.owner == "alpha"
     assert client.get("/thumbnail", params={"task_id": task_id}, headers=_auth(presented["alpha"])).status_code == 202
-    for path in ("/thumbnail", "/thumbnail/file"):
+    for path in ("/thumbnail", "/thumbnail/file", "/thumbnail/events"):
         hidden = client.get(path, params={"task_id": task_id}, headers=_auth(presented["beta"]))
         assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "TASK_NOT_FOUND"  # as if it did not exist
 
