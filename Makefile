@@ -28,10 +28,12 @@ status: install
 run: servers
 	$(THUMBS) run
 
-# What the deploy/ tests check with: kustomize and the operators' CRDs (pinned, into .thumbs/tools), and promtool.
+# What the deploy/ tests check with: kustomize and the operators' CRDs (pinned, into .thumbs/tools), and promtool;
+# and headless Chromium with its driver, for the page's browser test.
 test-tools:
 	bash devtools/test-tools/kustomize.sh
 	bash devtools/test-tools/promtool.sh
+	bash devtools/test-tools/chromium.sh
 
 test: servers test-tools
 	$(PY) -m pytest tests $(PYTEST_ARGS)

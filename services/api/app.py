@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import aiohttp
@@ -17,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 READY = STAGE_READY.labels("api")
 IMMUTABLE = "public, max-age=31536000, immutable"
 PING_SECONDS = 15  # a comment line this often keeps proxies from closing a quiet stream
+PAGE = Path(__file__).with_name("page")  # the page at /, shipped in the wheel as package data
 
 
 class Publisher(Protocol):
@@ -121,6 +123,8 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
+        Route("/", page, methods=["GET"]),
+        Mount("/page", StaticFiles(directory=PAGE), name="page"),
     ]
     handlers = {ApiError: on_api_error, 404: on_not_found, 405: on_method_not_allowed}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
@@ -362,6 +366,10 @@ async def openapi(_request: Request) -> Response:
 
 async def docs(_request: Request) -> Response:
     return HTMLResponse(DOCS_HTML)
+
+
+async def page(_request: Request) -> Response:
+    return FileResponse(PAGE / "index.html", media_type="text/html; charset=utf-8")
 
 
 async def on_api_error(_request: Request, exc: Exception) -> Response:

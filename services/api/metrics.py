@@ -13,7 +13,9 @@ from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
 TRACE_HEADER_KEYS = frozenset(name.encode() for name in tracing.TRACE_HEADERS)
 access_log = logging.getLogger("thumbs.access")
 UNLOGGED = frozenset({"/health", "/ready", "/livez", "/readyz", "/metrics"})  # probes and scrapes, every few seconds each
-ROUTES = frozenset({"/thumbnail", "/thumbnail/file", "/thumbnail/events", "/health", "/ready", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs"})
+ROUTES = frozenset({"/", "/thumbnail", "/thumbnail/file", "/thumbnail/events", "/health", "/ready", "/livez", "/readyz", "/metrics",
+                    "/openapi.json", "/docs"})
+MOUNTS = ("/docs/assets", "/page")  # static files: each labelled by its folder
 
 
 class HttpMetrics:
@@ -26,7 +28,7 @@ class HttpMetrics:
             return
         path = scope["path"]
         # Label by known route only: arbitrary paths must not grow the metric's cardinality.
-        route = path if path in ROUTES else ("/docs/assets" if path.startswith("/docs/assets/") else "unmatched")
+        route = path if path in ROUTES else next((m for m in MOUNTS if path.startswith(m + "/")), "unmatched")
         status = 500
         started = time.perf_counter()
 

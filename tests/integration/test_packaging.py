@@ -51,6 +51,20 @@ DECODE_EXAMPLES = textwrap.dedent("""\
     }))
 """)
 
+# Runs inside the installed venv: the page and its assets, from the installed package (no lifespan: nothing connects).
+SERVE_PAGE = textwrap.dedent("""\
+    import json
+
+    from starlette.testclient import TestClient
+
+    from services.api.app import PAGE, create_app
+    from services.common.settings import Settings
+
+    client = TestClient(create_app(Settings()))
+    paths = ("/", "/page/page.css", "/page/page.js")
+    print(json.dumps({"page": str(PAGE), "statuses": [client.get(path).status_code for path in paths]}))
+""")
+
 
 @dataclass(frozen=True)
 class Installed:
@@ -159,3 +173,9 @@ def test_the_local_tooling_is_not_part_of_the_service(installed: Installed) -> N
     assert offered is not None, usage
     commands = set(offered.group(1).split(","))
     assert {"api", "fetcher", "settings", "replay"} <= commands and not commands & {"servers", "run"}
+
+
+def test_the_page_and_its_assets_are_served_from_the_wheel(installed: Installed) -> None:
+    report = json.loads(installed.run([str(installed.venv / "bin" / "python"), "-c", SERVE_PAGE]).stdout)
+    assert Path(report["page"]) == installed.site_packages / "services" / "api" / "page"
+    assert report["statuses"] == [200, 200, 200]

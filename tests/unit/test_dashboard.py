@@ -14,7 +14,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import services.api.metrics
 import services.common.metrics
-from services.api.metrics import ROUTES
+from services.api.metrics import MOUNTS, ROUTES
 from services.common.model import EVENT_TYPES
 from services.replay.core import STAGE_TOPICS
 from tests.observability import (
@@ -44,7 +44,7 @@ SUFFIXES = {
     "info": ("_info",),
 }
 # Label values the code can produce, for the labels whose values are a closed set.
-LABEL_VALUES = {"stage": {"api", *STAGE_TOPICS}, "type": set(EVENT_TYPES), "route": set(ROUTES) | {"/docs/assets", "unmatched"}}
+LABEL_VALUES = {"stage": {"api", *STAGE_TOPICS}, "type": set(EVENT_TYPES), "route": set(ROUTES) | set(MOUNTS) | {"unmatched"}}
 
 
 def visible_panels() -> list[dict[str, Any]]:

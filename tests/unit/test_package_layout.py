@@ -1,7 +1,8 @@
-"""What the wheel holds: every package of the source tree, and the event contract as `services.contract`."""
+"""What the wheel holds: every package of the source tree, the event contract as `services.contract`, and the page."""
 from __future__ import annotations
 
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,10 @@ def test_the_contract_package_is_the_schemas_folder_with_its_json(setuptools_con
     assert setuptools_config["package-dir"] == {SCHEMA_PACKAGE: "schemas"}
     assert setuptools_config["package-data"][SCHEMA_PACKAGE] == ["*.json"]
     assert [f.name for f in schema_files()] == sorted(p.name for p in (ROOT / "schemas").glob("*.json"))
+
+
+def test_every_file_of_the_page_is_package_data(setuptools_config: dict[str, Any]) -> None:
+    patterns = setuptools_config["package-data"]["services.api"]
+    page = ROOT / "services" / "api" / "page"
+    files = [path.relative_to(page.parent).as_posix() for path in page.iterdir()]
+    assert files and all(any(fnmatch(name, pattern) for pattern in patterns) for name in files)
