@@ -70,13 +70,6 @@ def receiver() -> Iterator[TraceReceiver]:
 
 
 @pytest.fixture(scope="module")
-def images() -> Iterator[ImageServer]:
-    server = ImageServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], receiver: TraceReceiver,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     exporting = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
