@@ -97,8 +97,7 @@ def create_app(
         syncing = asyncio.create_task(keep_synced(app.state.access)) if app.state.access.required else None
         app.state.backlog = Backlog(settings.max_backlog)
         app.state.stream_slots = StreamSlots(settings.sse_max_streams)
-        app.state.stream_seconds = settings.sse_max_seconds
-        app.state.webhook_secret = settings.webhook_secret
+        app.state.settings = settings
         app.state.callbacks = CallbackCheck(allow=settings.fetch_allow_networks,
                                             resolver=callback_resolver or aiohttp.ThreadedResolver())
         watcher = start_watching(app.state.backlog, settings, lag_reader)  # None while THUMBS_MAX_BACKLOG is 0
@@ -147,7 +146,7 @@ async def submit(request: Request) -> Response:
     source_url, rendition, callback_url = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     # With keys, each key signs its own webhooks (the secret `thumbs keys create` printed).
-    await request.app.state.callbacks.check(callback_url, signable=caller is not None or bool(request.app.state.webhook_secret))
+    await request.app.state.callbacks.check(callback_url, signable=caller is not None or bool(request.app.state.settings.webhook_secret))
     refuse_when_full(request.app.state.backlog)  # after validation: bad input gets its 4xx, not an invitation to retry
     event_id = str(uuid.uuid4())
     event = Event(
@@ -272,7 +271,7 @@ async def status(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     view = await _task(request)  # 400, 401, 403, 404 and 503 as JSON, before any stream opens
-    watch = TaskWatch(view.task_id, asyncio.get_running_loop().time(), request.app.state.stream_seconds,
+    watch = TaskWatch(view.task_id, asyncio.get_running_loop().time(), request.app.state.settings.sse_max_seconds,
                       jitter=random.random)
     return SlotHeldStream(_task_events(request.app.state.tasks, view, watch), request.app.state.stream_slots)
 

@@ -20,7 +20,6 @@ from .validation import ApiError
 
 HEADER = "idempotency-key"
 KEY_MAX_LENGTH = 255
-KEY_LIFETIME = timedelta(hours=24)
 # A claim whose task has no row after this long belongs to a request that died between claiming the key and
 # publishing (the publish waits at most 5 s): a retry may then publish the claimed task itself.
 STALE_AFTER = timedelta(seconds=30)
