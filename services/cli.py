@@ -71,6 +71,7 @@ COMMANDS = {
     "resizer": ("run a resizer stage process", _stage("resizer")),
     "projector": ("run a projector stage process", _stage("projector")),
     "notifier": ("run a notifier stage process (completion webhooks)", _stage("notifier")),
+    "stats": ("run a stats stage process (live statistics, GET /stats)", _stage("stats")),
     "topics": ("create or verify the Kafka topics and their configs", _topics),
     "migrate": ("create or update the Cassandra keyspace and tables", _migrate),
     "settings": ("list every THUMBS_* setting with its effective value (secrets masked)", _settings),

@@ -1,6 +1,9 @@
 """In-memory stand-ins for the ports of the stage cores and the API (unit tests only)."""
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -213,3 +216,33 @@ class FakeConsumer:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeStatsStage:
+    """Answers GET /stats on a loopback port with a fixed document, as the stats stage would; records the queries."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
+        queries = self.queries = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                queries.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

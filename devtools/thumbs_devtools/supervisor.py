@@ -8,14 +8,15 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from services.common.settings import PREFIX, Settings
 
-PROCESSES = ("api", "fetcher", "resizer", "projector", "notifier")
-SCALABLE = ("fetcher", "resizer", "projector", "notifier")
-# Instance N of a stage serves /metrics on its stage's port + 10(N-1): 9101, 9111, 9121 ... for fetchers.
+PROCESSES = ("api", "fetcher", "resizer", "projector", "notifier", "stats")
+SCALABLE = ("fetcher", "resizer", "projector", "notifier", "stats")
+# Instance N of a stage serves /metrics (and the stats stage its web views) on its stage's ports + 10(N-1):
+# 9101, 9111, 9121 ... for fetchers.
 METRICS_PORT_STEP = 10
 
 
@@ -51,10 +52,11 @@ class Instance:
         named = {PREFIX + "LOG_NAME": self.name}  # their lines interleave on one terminal
         if self.stage not in SCALABLE:
             return named
-        field = f"{self.stage}_metrics_port"
-        base = getattr(settings, field)
-        port = base + METRICS_PORT_STEP * (self.number - 1) if base else 0
-        return {**named, PREFIX + field.upper(): str(port), **({PREFIX + "INSTANCE": member_id} if member_id else {})}
+        ports = {}
+        for field in (f.name for f in fields(settings) if f.name.startswith(f"{self.stage}_") and f.name.endswith("_port")):
+            base = getattr(settings, field)
+            ports[PREFIX + field.upper()] = str(base + METRICS_PORT_STEP * (self.number - 1) if base else 0)
+        return {**named, **ports, **({PREFIX + "INSTANCE": member_id} if member_id else {})}
 
 
 def register(subparsers: Any) -> None:

@@ -33,7 +33,7 @@ from services.common.settings import Settings
 from services.common.status import Status
 from services.projector.core import project
 
-from . import idempotency, periodic
+from . import idempotency, periodic, stats
 from .access import Access, KeyStore, keep_synced
 from .backlog_watch import LagReader, refuse_when_full, start_watching
 from .backpressure import Backlog
@@ -101,9 +101,11 @@ def create_app(
         app.state.callbacks = CallbackCheck(allow=settings.fetch_allow_networks,
                                             resolver=callback_resolver or aiohttp.ThreadedResolver())
         watcher = start_watching(app.state.backlog, settings, lag_reader)  # None while THUMBS_MAX_BACKLOG is 0
+        app.state.stats_http = aiohttp.ClientSession()
         try:
             yield
         finally:
+            await app.state.stats_http.close()
             await periodic.cancel(watcher)
             await periodic.cancel(syncing)
             for close in closers:
@@ -114,6 +116,7 @@ def create_app(
         Route("/thumbnail", status, methods=["GET"]),
         Route("/thumbnail/file", file, methods=["GET"]),
         Route("/thumbnail/events", events, methods=["GET"]),
+        Route("/stats", live_stats, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/livez", health, methods=["GET"]),  # the stages' probe paths, so every process answers the same
@@ -336,6 +339,13 @@ async def file(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     stored = await _thumbnail(request, view)
     return Response(stored.data, 200, headers, media_type=stored.content_type)
+
+
+async def live_stats(request: Request) -> Response:
+    await request.app.state.access.caller(request.headers)  # with keys required, only key holders see the volumes
+    minutes = stats.parse_minutes(request.query_params.get("minutes"))
+    body = await stats.fetch_stats(request.app.state.stats_http, request.app.state.settings.stats_url, minutes)
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 async def health(_request: Request) -> Response:

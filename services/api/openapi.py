@@ -134,6 +134,21 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/stats": {
+                "get": {
+                    "summary": "Live statistics: running totals and 10-second windows (from the stats stage)",
+                    "description": "Totals since the stats stage's changelog began, and one entry per 10-second window with "
+                                   "activity in the last `minutes`, oldest first. Replayed records count under `replayed` "
+                                   "only. Latency percentiles are within ±5 %; null in a window without outcomes.",
+                    "parameters": [{"name": "minutes", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 60, "default": 60}}],
+                    "responses": {
+                        "200": _json("Stats", "The statistics."),
+                        "503": _json("Error", "STATS_UNAVAILABLE: the stats stage is not answering.", RETRY_AFTER),
+                        **_errors(400, 401, 403),
+                    },
+                }
+            },
             "/health": {"get": {"summary": "Liveness (no dependencies)", "responses": {"200": _json("Health", "Alive.")}}},
             "/ready": {
                 "get": {
@@ -193,6 +208,31 @@ def openapi_spec() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error", "message"],
                     "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}, "message": {"type": "string"}},
+                },
+                "Counts": {
+                    "type": "object",
+                    "required": ["requested", "succeeded", "failed", "deduplicated", "replayed", "failures_by_code"],
+                    "properties": {
+                        **{name: {"type": "integer", "minimum": 0} for name in
+                           ("requested", "succeeded", "failed", "deduplicated", "replayed")},
+                        "failures_by_code": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    },
+                },
+                "Stats": {
+                    "type": "object",
+                    "required": ["window_seconds", "totals", "windows"],
+                    "properties": {
+                        "window_seconds": {"type": "integer", "example": 10},
+                        "totals": {"$ref": "#/components/schemas/Counts"},
+                        "windows": {"type": "array", "items": {"allOf": [
+                            {"$ref": "#/components/schemas/Counts"},
+                            {"type": "object", "required": ["start", "latency_ms"], "properties": {
+                                "start": {"type": "string", "format": "date-time"},
+                                "latency_ms": {"type": "object", "nullable": True, "properties": {
+                                    p: {"type": "number"} for p in ("p50", "p95", "p99")}},
+                            }},
+                        ]}},
+                    },
                 },
                 "Health": {"type": "object", "properties": {"status": {"type": "string"}}},
                 "Ready": {

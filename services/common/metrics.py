@@ -57,6 +57,10 @@ WEBHOOK_DELIVERIES = Counter(
     ["outcome"],
 )
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+STATS_RECORDS = Counter(
+    "thumbs_stats_records_total", "Records the stats stage read, by outcome: observed, counted, duplicate "
+    "(already counted: a re-read after a crash or rebalance) or invalid (not an event; left out).", ["outcome"],
+)
 
 
 def count_outputs(stage: str, outputs: list[Outgoing]) -> None:

@@ -107,6 +107,9 @@ class Settings:
     resizer_metrics_port: int = _setting(9102, "Port of the resizer's /metrics (0 turns it off).")
     projector_metrics_port: int = _setting(9103, "Port of the projector's /metrics (0 turns it off).")
     notifier_metrics_port: int = _setting(9104, "Port of the notifier's /metrics (0 turns it off).")
+    stats_metrics_port: int = _setting(9105, "Port of the stats stage's /metrics, /livez and /readyz (0 turns it off).")
+    stats_port: int = _setting(9106, "Port of the stats stage's web views (GET /stats), on THUMBS_METRICS_HOST.")
+    stats_url: str = _setting("http://127.0.0.1:9106", "Where the API asks the stats stage for GET /stats.")
     fetch_allow_networks: tuple[Any, ...] = _setting(
         (), "CIDRs the fetcher and webhooks may reach although they are private, loopback or link-local (comma-separated).", _networks
     )

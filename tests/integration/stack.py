@@ -39,6 +39,7 @@ def isolated_env(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...],
     """THUMBS_* variables for one isolated environment: its own topics, groups, keyspace and ports."""
     name = "t" + uuid.uuid4().hex[:10]
     hosts, port = cassandra_contact
+    stats_port = free_port()
     env = {
         "KAFKA_BOOTSTRAP": kafka_bootstrap,
         "TOPIC_PREFIX": f"{name}.",
@@ -51,6 +52,9 @@ def isolated_env(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...],
         "RESIZER_METRICS_PORT": str(free_port()),
         "PROJECTOR_METRICS_PORT": str(free_port()),
         "NOTIFIER_METRICS_PORT": str(free_port()),  # only modules that name "notifier" start one
+        "STATS_METRICS_PORT": str(free_port()),  # and "stats"
+        "STATS_PORT": str(stats_port),
+        "STATS_URL": f"http://127.0.0.1:{stats_port}",
         "FETCH_ALLOW_NETWORKS": "127.0.0.2/32",  # images are served on 127.0.0.2 only
         "STATE_DIR": str(tmp),
         **extra,
@@ -74,7 +78,7 @@ def drop_environment(settings: Settings) -> None:
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
         for future in (admin.delete_topics(topics, operation_timeout=30).values() if topics else []):
             future.result(30)
-        groups = [settings.group(s) for s in ("fetcher", "resizer", "projector", "notifier")]
+        groups = [settings.group(s) for s in ("fetcher", "resizer", "projector", "notifier", "stats")]
         for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
             try:
                 future.result(15)

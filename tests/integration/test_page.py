@@ -39,7 +39,8 @@ def fitted(box: tuple[int, int], size: tuple[int, int] = SOURCE_SIZE) -> tuple[i
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, cassandra_contact: tuple[tuple[str, ...], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("stack")) as stack:
+    names = ("api", "fetcher", "resizer", "projector", "stats")
+    with running_stack(kafka_bootstrap, cassandra_contact, tmp_path_factory.mktemp("stack"), names=names) as stack:
         yield stack
 
 
@@ -127,8 +128,31 @@ def test_the_gallery_keeps_this_browsers_finished_thumbnails(browser: WebDriver,
     sizes = WebDriverWait(browser, WAIT_SECONDS).until(
         lambda d: (found := d.execute_script(loaded)) and all(found) and found, "gallery images not loaded")
     assert sizes == [list(fitted((160, 120))), list(fitted((100, 100)))]  # newest first; the failure is not kept
-    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: "not available" in d.find_element(By.ID, "stats").text,
-                                               "statistics panel never settled")
-    assert "Live statistics are not available" in browser.find_element(By.ID, "stats").text  # no /stats yet
     screenshot("gallery")
+
+
+def test_the_statistics_panel_counts_this_modules_tasks(browser: WebDriver, stack: Stack, screenshot: Screenshot) -> None:
+    """The environment began empty: two thumbnails, one failure and one refusal (never a task) so far."""
+    def totals(d: WebDriver) -> str | None:
+        text = d.find_element(By.ID, "stats").text
+        return text if "Requested\n3" in text and "Failed\n1" in text else None
+
+    browser.get(stack.api + "/")
+    text = WebDriverWait(browser, WAIT_SECONDS).until(totals, "statistics never showed this module's tasks")
+    assert "Succeeded\n2" in text and "SOURCE_HTTP_ERROR: 1" in text
+    bars = browser.find_elements(By.CSS_SELECTOR, "#throughput span")
+    assert len(bars) == 90 and sum(int(bar.get_attribute("data-count") or 0) for bar in bars) == 3  # 15 min of 10 s
+    screenshot("statistics")
+
+
+def test_the_statistics_panel_says_when_statistics_are_down(browser: WebDriver, stack: Stack, screenshot: Screenshot) -> None:
+    stack.stop("stats")
+    try:
+        browser.get(stack.api + "/")
+        WebDriverWait(browser, WAIT_SECONDS).until(lambda d: "not available" in d.find_element(By.ID, "stats").text,
+                                                   "statistics panel never settled")
+        assert "stats stage is not answering" in browser.find_element(By.ID, "stats").text
+        screenshot("statistics-down")
+    finally:
+        stack.start("stats")
 

@@ -1,5 +1,6 @@
 """The HTTP contract, with in-memory ports (the same routes run against real servers in tests/integration)."""
 import base64
+import socket
 import uuid
 
 import pytest
@@ -9,7 +10,8 @@ from services.api.app import create_app
 from services.common.model import Completed, Event, Failed, Fetched, Rendition, StoredThumbnail
 from services.common.settings import Settings
 from services.projector.core import project
-from tests.fakes import FakeIdempotencyKeys, FakePublisher, FakeTasks, FakeThumbnails
+from services.stats.core import empty, report
+from tests.fakes import FakeIdempotencyKeys, FakePublisher, FakeStatsStage, FakeTasks, FakeThumbnails
 
 SHA = "12" * 32
 
@@ -167,3 +169,36 @@ def test_health_ready_metrics_docs(client: TestClient, ports) -> None:
 def test_unknown_route_is_a_json_404(client: TestClient) -> None:
     response = client.get("/nope")
     assert response.status_code == 404 and response.json()["error"]["code"] == "NOT_FOUND"
+
+
+def test_stats_passes_the_stats_stage_document_through(ports, keys) -> None:
+    document = report({**empty(), "requested": 3, "succeeded": 2, "failed": 1, "failures_by_code": {"NOT_AN_IMAGE": 1}}, [])
+    stage = FakeStatsStage(document)
+    publisher, tasks, thumbnails = ports
+    app = create_app(Settings(stats_url=stage.url), publisher=publisher, tasks=tasks, thumbnails=thumbnails, idempotency_keys=keys)
+    try:
+        with TestClient(app) as client:
+            answer = client.get("/stats", params={"minutes": "15"})
+            assert answer.status_code == 200 and answer.json() == document
+            assert answer.headers["cache-control"] == "no-store"
+            assert client.get("/stats").status_code == 200
+            for bad in ("0", "61", "x", "-5"):
+                refused = client.get("/stats", params={"minutes": bad})
+                assert refused.status_code == 400 and refused.json()["error"]["code"] == "INVALID_PARAMETER"
+        assert stage.queries == ["/stats?minutes=15", "/stats?minutes=60"]  # the refused ones never reached the stage
+    finally:
+        stage.close()
+
+
+def test_stats_answers_503_when_the_stats_stage_does_not(ports, keys) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    publisher, tasks, thumbnails = ports
+    app = create_app(Settings(stats_url=f"http://127.0.0.1:{port}"), publisher=publisher, tasks=tasks,
+                     thumbnails=thumbnails, idempotency_keys=keys)
+    with TestClient(app) as client:
+        answer = client.get("/stats")
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "STATS_UNAVAILABLE"
+        assert answer.headers["retry-after"] == "10"
+        assert client.post("/thumbnail", json={"source_image_url": "https://example.com/a.jpg"}).status_code == 202

@@ -2,6 +2,8 @@
 
 The API runs in process with in-memory ports, so fuzzed URLs are never fetched.
 """
+from collections.abc import Iterator
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +11,8 @@ from schemathesis.generation.modes import GenerationMode
 
 from services.api.app import create_app
 from services.common.settings import Settings
-from tests.fakes import FakeIdempotencyKeys, FakePublisher, FakeTasks, FakeThumbnails
+from services.stats.core import empty, report
+from tests.fakes import FakeIdempotencyKeys, FakePublisher, FakeStatsStage, FakeTasks, FakeThumbnails
 
 # Schemathesis' list of statuses that reject invalid input, plus 413: a generated body over the API's
 # 16 KiB limit is rejected for its size before its content is looked at.
@@ -19,15 +22,22 @@ CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
 )
 
 
+@pytest.fixture(scope="module")
+def stats_stage() -> Iterator[FakeStatsStage]:
+    stage = FakeStatsStage(report({**empty(), "requested": 1, "latency_buckets": {"40": 1}}, [(0.0, empty())]))
+    yield stage
+    stage.close()
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_every_operation_survives_generated_requests(mode: GenerationMode) -> None:
-    app = create_app(Settings(), publisher=FakePublisher(), tasks=FakeTasks(), thumbnails=FakeThumbnails(),
-                     idempotency_keys=FakeIdempotencyKeys())
+def test_every_operation_survives_generated_requests(mode: GenerationMode, stats_stage: FakeStatsStage) -> None:
+    app = create_app(Settings(stats_url=stats_stage.url), publisher=FakePublisher(), tasks=FakeTasks(),
+                     thumbnails=FakeThumbnails(), idempotency_keys=FakeIdempotencyKeys())
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 7
+    assert len(operations) == 8
     if mode is GenerationMode.NEGATIVE:  # only operations that take input can be sent invalid input
-        operations = [op for op in operations if op.path.startswith("/thumbnail")]
+        operations = [op for op in operations if op.path.startswith(("/thumbnail", "/stats"))]
     for operation in operations:
 
         @given(case=operation.as_strategy(mode))

@@ -220,20 +220,69 @@ function galleryItem(entry) {
   return item;
 }
 
-// GET /stats is not served yet: until it is, the panel says so rather than show made-up numbers.
+// The statistics panel: GET /stats (the stats stage's Faust tables) every STATS_EVERY_MS; when it answers
+// 503 the panel says so rather than show stale or made-up numbers.
+const STATS_EVERY_MS = 10 * 1000;
+const CHART_MINUTES = 15;
+
+function fact(name, value) {
+  return [el("dt", name), el("dd", value)];
+}
+
+function percent(part, whole) {
+  return whole ? `${Math.round((100 * part) / whole)} %` : "–";
+}
+
+// Tasks finished (succeeded + failed) per 10-second window over the last CHART_MINUTES, empty windows as 0.
+function throughputChart(windows, windowSeconds) {
+  const slots = (CHART_MINUTES * 60) / windowSeconds;
+  const newest = Math.floor(Date.now() / 1000 / windowSeconds) * windowSeconds;
+  const byStart = new Map(windows.map((w) => [Date.parse(w.start) / 1000, w.succeeded + w.failed]));
+  const counts = Array.from({ length: slots }, (_, i) => byStart.get(newest - (slots - 1 - i) * windowSeconds) || 0);
+  const peak = Math.max(1, ...counts);
+  const chart = el("div");
+  chart.id = "throughput";
+  chart.setAttribute("role", "img");
+  chart.setAttribute("aria-label", `Tasks finished per ${windowSeconds} s over the last ${CHART_MINUTES} minutes; peak ${peak}`);
+  chart.append(...counts.map((count) => {
+    const bar = el("span");
+    bar.style.height = `${(100 * count) / peak}%`;
+    bar.dataset.count = String(count);
+    return bar;
+  }));
+  const figure = el("figure");
+  figure.append(chart, el("figcaption", `Tasks finished per ${windowSeconds} s, last ${CHART_MINUTES} minutes (peak ${peak}).`));
+  return figure;
+}
+
 async function loadStats() {
+  let answer;
   try {
-    const response = await fetch("/stats", { headers: authHeaders() });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const { totals } = await response.json();
-    const names = ["requested", "succeeded", "failed", "deduplicated"].filter((name) => name in totals);
-    if (!names.length) throw new Error("no totals");
-    const facts = el("dl");
-    facts.append(...names.flatMap((name) => [el("dt", name[0].toUpperCase() + name.slice(1)), el("dd", String(totals[name]))]));
-    $("stats").replaceChildren(facts);
-  } catch {
-    $("stats").replaceChildren(el("p", "Live statistics are not available."));
+    const response = await fetch(`/stats?minutes=${CHART_MINUTES}`, { headers: authHeaders() });
+    if (!response.ok) throw new Error((await errorOf(response)).message);
+    answer = await response.json();
+  } catch (error) {
+    $("stats").replaceChildren(el("p", `Live statistics are not available: ${error.message}`));
+    return;
   }
+  const { totals, windows, window_seconds: windowSeconds } = answer;
+  const latest = [...windows].reverse().find((w) => w.latency_ms);
+  const facts = el("dl");
+  facts.id = "stats-totals";
+  facts.append(
+    ...fact("Requested", String(totals.requested)),
+    ...fact("Succeeded", String(totals.succeeded)),
+    ...fact("Failed", String(totals.failed)),
+    ...fact("Deduplicated", `${totals.deduplicated} (${percent(totals.deduplicated, totals.succeeded)} of successes)`),
+    ...fact("Latency", latest ? `p50 ${latest.latency_ms.p50} ms, p95 ${latest.latency_ms.p95} ms (window of ${latest.start})` : "no task finished in the last 15 minutes"),
+    ...fact("Replayed records", String(totals.replayed)),
+  );
+  const codes = Object.entries(totals.failures_by_code);
+  const failures = el("ul");
+  failures.id = "stats-failures";
+  failures.append(...(codes.length ? codes.map(([code, n]) => el("li", `${code}: ${n}`)) : [el("li", "No failures.")]));
+  const heading = el("h3", "Failures by code");
+  $("stats").replaceChildren(facts, throughputChart(windows, windowSeconds), heading, failures);
 }
 
 if (apiKey()) {
@@ -243,3 +292,4 @@ if (apiKey()) {
 $("request").addEventListener("submit", submit);
 renderGallery();
 loadStats();
+setInterval(loadStats, STATS_EVERY_MS);
