@@ -4,15 +4,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import compose_spec
 import pytest
 
 from services.cli import COMMANDS
+from services.common.settings import Settings
 from thumbs_devtools.versions import load as load_versions
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
-STAGES = ("api", "fetcher", "resizer", "projector", "notifier")
+STAGES = ("api", "fetcher", "resizer", "projector", "notifier", "stats")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,18 @@ def test_stages_start_after_init(compose: dict[str, Any], stage: str) -> None:
     assert service["build"]["dockerfile"] == "deploy/Dockerfile"
     assert service["environment"] == {
         "THUMBS_KAFKA_BOOTSTRAP": "kafka:9092", "THUMBS_CASSANDRA_HOSTS": "cassandra", "THUMBS_API_HOST": "0.0.0.0",
-        "THUMBS_METRICS_HOST": "0.0.0.0",
+        "THUMBS_METRICS_HOST": "0.0.0.0", "THUMBS_STATS_URL": "http://stats:9106",
     }
+
+
+def test_the_api_reaches_the_stats_views(compose: dict[str, Any]) -> None:
+    """The stats service binds its web views to THUMBS_METRICS_HOST on THUMBS_STATS_PORT; the api asks there."""
+    services = compose["services"]
+    url = urlsplit(services["api"]["environment"]["THUMBS_STATS_URL"])
+    stats = Settings.from_env({k: str(v) for k, v in services["stats"]["environment"].items()})
+    assert url.scheme == "http" and url.hostname == "stats" and url.hostname in services
+    assert url.port == stats.stats_port
+    assert stats.metrics_host == "0.0.0.0", "bound to loopback, the stats views are unreachable from the api"
 
 
 def test_servers_and_api_have_healthchecks(compose: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -38,6 +39,8 @@ MISSING_TOOLS = f"run `bash {INSTALL.relative_to(ROOT)}` first (the test prerequ
 IMAGE_UID = 10001  # deploy/Dockerfile
 # Objects the production overlay refers to and an operator creates out of band (overlays/production).
 OUT_OF_BAND = {"local": set(), "production": {("Secret", "thumbs-secrets"), ("ConfigMap", "thumbs-ca")}}
+# Every long-running process but the API: each has its own Deployment, command, metrics port and monitor.
+STAGES = ("fetcher", "resizer", "projector", "notifier", "stats")
 # What each autoscaled stage consumes: the ScaledObject must scale on one of these topics.
 SCALED_ON = {"fetcher": {REQUESTED}, "resizer": {FETCHED}}
 CONTAINER_SECURITY = {
@@ -295,7 +298,7 @@ def test_every_reference_names_an_object_of_the_overlay(rendered: Rendered) -> N
 
 def test_a_deployment_per_process_running_the_image(rendered: Rendered) -> None:
     deployments = rendered.deployments()
-    assert {"api", "fetcher", "resizer", "projector", "notifier"} <= deployments.keys()
+    assert {"api", *STAGES} <= deployments.keys()
     images = {c["image"] for w in rendered.thumbs_workloads() for c in all_containers(w)}
     assert len(images) == 1, f"one image for every process: {images}"
     for component, deployment in deployments.items():
@@ -442,6 +445,59 @@ def test_a_service_routes_to_the_api(rendered: Rendered) -> None:
     services = [s for s in rendered.of_kind("Service") if selects({"matchLabels": s["spec"]["selector"]}, pod_labels(api))]
     assert len(services) == 1
     assert {p["targetPort"] for p in services[0]["spec"]["ports"]} == {"http"}
+
+
+def named_port(workload: Obj, port: int | str) -> int:
+    """A container port given by number or by name, as a Service's targetPort or a policy's port."""
+    return port if isinstance(port, int) else port_named(workload, port)
+
+
+def test_the_api_reaches_the_stats_views_through_a_service(rendered: Rendered) -> None:
+    """THUMBS_STATS_URL names a Service of the overlay, whose port leads to the stats pods' THUMBS_STATS_PORT."""
+    settings = rendered.settings()
+    stats = rendered.deployments()["stats"]
+    assert port_named(stats, "web") == settings.stats_port
+    url = urlsplit(settings.stats_url)
+    assert url.scheme == "http" and url.hostname and url.port, settings.stats_url
+    service = rendered.named("Service", url.hostname)
+    assert service is not None, f"THUMBS_STATS_URL={settings.stats_url}: no Service {url.hostname}"
+    assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(stats))
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    assert named_port(stats, port.get("targetPort", port["port"])) == settings.stats_port
+
+
+def in_namespace(selector: Obj, workload: Obj) -> bool:
+    """Whether a pod selector of this namespace picks the workload's pods (an empty one picks every pod)."""
+    return not selector or selects(selector, pod_labels(workload))
+
+
+def admits_peer(rule: Obj, side: str, peer: Obj, port: int, target: Obj) -> bool:
+    """Whether one ingress (side `from`) or egress (side `to`) rule lets traffic between `peer`'s pods and `port` of
+    `target`'s pods through, both of this namespace. ipBlocks count as not matching: pod addresses are not fixed."""
+    peers = rule.get(side)
+    peer_ok = not peers or any(set(p) == {"podSelector"} and in_namespace(p["podSelector"], peer) for p in peers)
+    ports = rule.get("ports")
+    return peer_ok and (not ports or any("port" not in p or named_port(target, p["port"]) == port for p in ports))
+
+
+def test_network_policies_let_the_api_and_other_instances_reach_the_stats_views(rendered: Rendered) -> None:
+    """GET /stats goes from the API to a stats pod, and from there on to the instance that holds the tables. Policies
+    add up: where some select a pod for a direction, one of their rules must let the traffic through."""
+    port = rendered.settings().stats_port
+    deployments = rendered.deployments()
+    stats = deployments["stats"]
+    policies = rendered.of_kind("NetworkPolicy")
+
+    def selecting(workload: Obj, direction: str) -> list[Obj]:
+        return [p for p in policies if direction in p["spec"].get("policyTypes", ["Ingress"])
+                and in_namespace(p["spec"]["podSelector"], workload)]
+
+    for source in (deployments["api"], stats):
+        where = f"{source['metadata']['name']} -> {stats['metadata']['name']}:{port}"
+        if egress := selecting(source, "Egress"):
+            assert any(admits_peer(r, "to", stats, port, stats) for p in egress for r in p["spec"].get("egress", [])), where
+        if ingress := selecting(stats, "Ingress"):
+            assert any(admits_peer(r, "from", source, port, stats) for p in ingress for r in p["spec"].get("ingress", [])), where
 
 
 def test_the_api_scales_on_cpu(rendered: Rendered) -> None:
