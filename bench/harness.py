@@ -28,7 +28,7 @@ from thumbs_devtools.lifecycle import ensure_running
 IMAGE_HOST = "127.0.0.2"
 SERVER_VARIABLES = ("THUMBS_KAFKA_BOOTSTRAP", "THUMBS_CASSANDRA_HOSTS", "THUMBS_CASSANDRA_PORT")
 Bases = dict[str, list[bytes]]
-STAGES = ("fetcher", "resizer", "projector")  # what `paused()` stops: never the API, Kafka or Cassandra
+STAGES = ("fetcher", "resizer", "projector", "stats")  # what `paused()` stops: never the API, Kafka or Cassandra
 
 
 def server_settings() -> tuple[Settings, str]:
@@ -109,14 +109,14 @@ class ImageOrigin:
 
 
 class Pipeline:
-    """Own topics, keyspace and ports; the four processes; CPU/RSS sampling; a watcher of terminal events."""
+    """Own topics, keyspace and ports; the five processes; CPU/RSS sampling; a watcher of terminal events."""
 
     def __init__(self, servers: Settings, workers: int, state_dir: Path, keep: bool = False) -> None:
         contact = (servers.cassandra_hosts, servers.cassandra_port)
         self.env = isolated_env(servers.kafka_bootstrap, contact, state_dir,
                                 RESIZER_WORKERS=str(workers), TOPIC_PARTITIONS="6")
         self.settings = settings_of(self.env)
-        self.stack = Stack(self.env)
+        self.stack = Stack(self.env, names=(*Stack.names, "stats"))  # statistics on, as deployed: their cost counts
         self.keep = keep
         self.pool_pids: set[int] = set()
         self.stopped_pids: set[int] = set()
@@ -140,6 +140,7 @@ class Pipeline:
         groups = {name: self._pid_of(name) for name in ("api", "fetcher", "resizer")}
         groups["resizer-pool"] = self._pool
         groups["projector"] = self._pid_of("projector")
+        groups["stats"] = self._pid_of("stats")
         groups.update({name: (lambda pid=pid: [pid] if pid else []) for name, pid in self.jvms.items()})
         groups.update({name: (lambda pids=pids: pids) for name, pids in extra.items()})
         self.sampler = Sampler(groups)

@@ -6,7 +6,7 @@ Baselines first, in this process: the *limit* is the best single-process in-memo
 (bench.resize_core.best) in thumbnails per CPU second × the cores this process may use; the *naive*
 path is the old system's. Both come from bench.resize_core.measure on the same seeded corpus.
 
-Then the real processes (`python -m services.cli api|fetcher|resizer|projector`) start with their
+Then the real processes (`python -m services.cli api|fetcher|resizer|projector|stats`) start with their
 own topic prefix, keyspace and ports, one resize worker per core, against the Kafka and Cassandra
 named by THUMBS_KAFKA_BOOTSTRAP / THUMBS_CASSANDRA_HOSTS / THUMBS_CASSANDRA_PORT, or else the local
 servers of thumbs_devtools (started if they do not answer). Topics and keyspace are dropped at
@@ -66,7 +66,7 @@ from bench.resize_core import PATHS, corpus, measure
 from thumbs_devtools import versions
 
 OUT = Path(__file__).resolve().parent / "out"
-PIPELINE_GROUPS = ("api", "fetcher", "resizer", "resizer-pool", "projector")
+PIPELINE_GROUPS = ("api", "fetcher", "resizer", "resizer-pool", "projector", "stats")
 DEFAULT_SCENARIOS = ("fullhd", "12mp", "dedupe", "burst")
 Row = tuple[str, str, str, str]  # what, measured, target, verdict
 
@@ -133,7 +133,7 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
         "dedupe_hits": (run.counter("resizer", "thumbs_dedupe_hits_total") + run.counter("fetcher", "thumbs_dedupe_hits_total")) - hits,
         "cpu_seconds": window.cpu, "machine_cpu_seconds": window.machine_cpu, "window_seconds": window.seconds,
         "cpu_per_task_ms": {"pipeline": 1000 * sum(window.cpu.get(g, 0.0) for g in PIPELINE_GROUPS) / tasks,
-                            **{g: 1000 * window.cpu.get(g, 0.0) / tasks for g in ("kafka", "cassandra", "bench")}},
+                            **{g: 1000 * window.cpu.get(g, 0.0) / tasks for g in ("stats", "kafka", "cassandra", "bench")}},
         "peak_rss_mib": window.peak_rss_mib, "processes": window.processes, "loadavg_after": os.getloadavg(),
         "task_ids": [c.task_id for c in accepted],
     }
@@ -304,7 +304,8 @@ def rows(name: str, r: dict[str, Any], args: argparse.Namespace) -> list[Row]:
     out += [("POST req/s", f"{r['post_rate']:.0f}", "", ""),
             ("POST p50 / p99", f"{ms(post['p50'])} / {ms(post['p99'])}", "", "")]
     cpu = r["cpu_per_task_ms"]
-    out += [("CPU ms/task: pipeline (4 procs + pool)", f"{cpu['pipeline']:.1f}", "", ""),
+    out += [("CPU ms/task: pipeline (5 procs + pool)", f"{cpu['pipeline']:.1f}", "", ""),
+            ("CPU ms/task: of which the stats stage", f"{cpu['stats']:.1f}", "", ""),
             ("CPU ms/task: Kafka / Cassandra JVM", f"{cpu['kafka']:.1f} / {cpu['cassandra']:.1f}", "", ""),
             ("CPU ms/task: this benchmark", f"{cpu['bench']:.1f}", "", "")]
     named = sum(r["cpu_seconds"].values())
