@@ -22,7 +22,7 @@ from thumbs_devtools.commands import environment
 from thumbs_devtools.lifecycle import all_servers, ensure_running, stop_servers
 from thumbs_devtools.topology import choose
 
-from .stack import ImageServer, Stack, poll_terminal, running_stack
+from .stack import ImageServer, Stack, poll_terminal, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +129,7 @@ def stack(secure_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     # Every variable `thumbs servers env` printed, except the state dir: the stack keeps its own.
     extra = {name.removeprefix(PREFIX): value for name, value in secure_env.items() if name != PREFIX + "STATE_DIR"}
     with running_stack(servers.kafka_bootstrap, (servers.cassandra_hosts, servers.cassandra_port),
-                       tmp_path_factory.mktemp("secure-stack"), **extra) as stack:
+                       tmp_path_factory.mktemp("secure-stack"), names=(*Stack.names, "stats"), **extra) as stack:
         yield stack
 
 
@@ -142,3 +142,12 @@ def test_a_task_completes_through_the_secure_servers(client: httpx.Client, image
     body = poll_terminal(client, response.json()["task_id"], timeout=60)
     assert body["status"] == "SUCCESS", body
     assert (body["width"], body["height"]) == (100, 50)
+
+
+def test_statistics_count_through_the_secure_servers(client: httpx.Client, stack: Stack) -> None:
+    """The stats stage (Faust, aiokafka) speaks SASL_SSL with SCRAM too: it counted the task above."""
+    def counted() -> bool:
+        answer = client.get("/stats")
+        return answer.status_code == 200 and answer.json()["totals"]["succeeded"] >= 1
+
+    wait_for(counted, 90, lambda: "no statistics:\n" + stack.log_tail("stats", 15))
