@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -41,7 +42,7 @@ from .callbacks import CallbackCheck
 from .metrics import HttpMetrics
 from .openapi import DOCS_HTML, openapi_spec
 from .task_events import StreamEvent, StreamSlots, TaskWatch, error_body, status_body
-from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request
+from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request, parse_wait
 
 log = logging.getLogger(__name__)
 READY = STAGE_READY.labels("api")
@@ -97,6 +98,7 @@ def create_app(
         syncing = asyncio.create_task(keep_synced(app.state.access)) if app.state.access.required else None
         app.state.backlog = Backlog(settings.max_backlog)
         app.state.stream_slots = StreamSlots(settings.sse_max_streams)
+        app.state.wait_slots = StreamSlots(settings.max_waiting)
         app.state.settings = settings
         app.state.callbacks = CallbackCheck(allow=settings.fetch_allow_networks,
                                             resolver=callback_resolver or aiohttp.ThreadedResolver())
@@ -147,6 +149,7 @@ async def submit(request: Request) -> Response:
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
     source_url, rendition, callback_url = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
+    wait = parse_wait(request.query_params.get("wait"))
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     # With keys, each key signs its own webhooks (the secret `thumbs keys create` printed).
     await request.app.state.callbacks.check(callback_url, signable=caller is not None or bool(request.app.state.settings.webhook_secret))
@@ -167,6 +170,11 @@ async def submit(request: Request) -> Response:
         event = accepted
     request.state.task_id = event.task_id  # for the access log line
     headers["Location"] = f"/thumbnail?task_id={event.task_id}"
+    if wait:  # the task is accepted whatever happens now: any trouble while waiting answers 202 as without wait
+        with contextlib.suppress(ApiError):
+            view = await _stored_task(request, event.task_id)
+            if view is not None and (view := await _finished_within(request, view, wait)).status.terminal:
+                return await _status_response(request, view, headers)
     return JSONResponse({"task_id": event.task_id}, 202, headers)
 
 
@@ -264,12 +272,47 @@ async def _thumbnail(request: Request, view: TaskView) -> StoredThumbnail:
 
 
 async def status(request: Request) -> Response:
+    wait = parse_wait(request.query_params.get("wait"))
     view = await _task(request)
+    if wait:
+        view = await _finished_within(request, view, wait)
+    return await _status_response(request, view)
+
+
+async def _status_response(request: Request, view: TaskView, headers: dict[str, str] | None = None) -> Response:
     if view.status is Status.SUCCESS:
-        return JSONResponse(status_body(view, await _thumbnail(request, view)))
+        return JSONResponse(status_body(view, await _thumbnail(request, view)), 200, headers)
     if view.status is Status.FAILURE:
-        return JSONResponse(status_body(view))
-    return JSONResponse(status_body(view), 202, {"Retry-After": "1"})
+        return JSONResponse(status_body(view), 200, headers)
+    return JSONResponse(status_body(view), 202, {**(headers or {}), "Retry-After": "1"})
+
+
+async def _finished_within(request: Request, view: TaskView, seconds: float) -> TaskView:
+    """The task once it is terminal, or as it is after `seconds`: its row read with the event streams' backoff
+    (0.1 s doubling to 2 s), so a waiting request costs a few reads, never a busy loop. Past
+    THUMBS_MAX_WAITING requests waiting in this process, it answers at once instead."""
+    slots: StreamSlots = request.app.state.wait_slots
+    if view.status.terminal or not slots.take():
+        return view
+    try:
+        loop = asyncio.get_running_loop()
+        watch = TaskWatch(view.task_id, loop.time(), seconds, jitter=random.random)
+        watch.observe(view)
+        while (pause := watch.next_wait(loop.time())) is not None:
+            await asyncio.sleep(pause)
+            try:
+                latest = await _stored_task(request, view.task_id)
+            except ApiError:
+                return view  # the store failed while waiting: the answer as it stood
+            if latest is None:
+                return view
+            watch.observe(latest)
+            view = latest
+            if view.status.terminal:
+                break
+        return view
+    finally:
+        slots.give_back()
 
 
 async def events(request: Request) -> Response:

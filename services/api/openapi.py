@@ -8,6 +8,12 @@ from services.common.model import FORMATS
 
 from .validation import MAX_EDGE, MAX_URL_LENGTH
 
+WAIT_PARAM = {
+    "name": "wait", "in": "query", "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 30, "example": 10},
+    "description": "Seconds to hold the answer until the task is SUCCESS or FAILURE; then, or after that long, "
+                   "the usual answer.",
+}
 UUID_PARAM = {
     "name": "task_id", "in": "query", "required": True,
     "schema": {"type": "string", "format": "uuid"}, "description": "The id POST /thumbnail returned.",
@@ -78,12 +84,14 @@ def openapi_spec() -> dict[str, Any]:
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
                         "description": "Retries with the same key and body within 24 hours answer the same task_id "
                                        "and create nothing; the same key with another body answers 409.",
-                    }],
+                    }, WAIT_PARAM],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ThumbnailRequest"}}},
                     },
                     "responses": {
+                        "200": _json("TaskStatus", "With `wait`: the task finished within it (as GET /thumbnail answers).", {
+                            "Location": {"schema": {"type": "string"}, "description": "The status URL."}}),
                         "202": _json("Accepted", "Accepted: the request is durably queued.", {
                             "Location": {"schema": {"type": "string"}, "description": "The status URL."},
                             "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
@@ -93,7 +101,7 @@ def openapi_spec() -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "Task status, with the thumbnail as base64 when done",
-                    "parameters": [UUID_PARAM],
+                    "parameters": [UUID_PARAM, WAIT_PARAM],
                     "responses": {
                         "200": _json("TaskStatus", "Finished: SUCCESS with data, or FAILURE with error."),
                         "202": _json("TaskStatus", "In progress.", RETRY_AFTER),

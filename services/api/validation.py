@@ -99,3 +99,19 @@ def parse_task_id(raw: str | None) -> str:
         return str(uuid.UUID(raw))
     except ValueError:
         raise ApiError(400, "INVALID_TASK_ID", "task_id must be a UUID") from None
+
+
+MAX_WAIT_SECONDS = 30.0
+
+
+def parse_wait(raw: str | None) -> float:
+    """`wait=N`: seconds (0 < N ≤ 30, decimals allowed) to hold the answer for the task to finish; 0 when absent."""
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_WAIT_SECONDS:  # also refuses nan and inf
+        raise ApiError(400, "INVALID_PARAMETER", f"wait must be a number of seconds, more than 0 and at most {MAX_WAIT_SECONDS:.0f}")
+    return seconds

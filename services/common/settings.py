@@ -103,6 +103,9 @@ class Settings:
     sse_max_seconds: float = _setting(
         600.0, "Longest life of one GET /thumbnail/events stream: then a `timeout` event, and the client reconnects or polls."
     )
+    max_waiting: int = _setting(
+        1000, "Requests per API process that may wait for their task (`wait=`) at once; beyond, they answer at once."
+    )
     fetcher_metrics_port: int = _setting(9101, "Port of the fetcher's /metrics (0 turns it off).")
     resizer_metrics_port: int = _setting(9102, "Port of the resizer's /metrics (0 turns it off).")
     projector_metrics_port: int = _setting(9103, "Port of the projector's /metrics (0 turns it off).")

@@ -295,3 +295,25 @@ def test_events_of_a_finished_task_are_its_terminal_event_at_once(client: httpx.
     assert [(kind, seq, body["status"]) for kind, seq, body in seen] == [("status", 1, "SUCCESS")]
     unknown = client.get("/thumbnail/events", params={"task_id": "00000000-0000-4000-8000-000000000000"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "TASK_NOT_FOUND"
+
+
+def test_post_with_wait_answers_the_thumbnail_in_the_same_call(client: httpx.Client, images: ImageServer) -> None:
+    url = images.add("/wait/done.jpg", photo(400, 200, seed=13))
+    answer = client.post("/thumbnail", params={"wait": "20"}, json={"source_image_url": url}, timeout=30)
+    body = answer.json()
+    assert answer.status_code == 200 and body["status"] == "SUCCESS", body
+    assert (body["width"], body["height"]) == (100, 50) and base64.b64decode(body["base64_thumbnail_data"])[:2] == b"\xff\xd8"
+    failing = client.post("/thumbnail", params={"wait": "20"}, json={"source_image_url": images.base + "/wait/missing.jpg"}, timeout=30)
+    assert failing.status_code == 200 and failing.json()["error"]["code"] == "SOURCE_HTTP_ERROR", failing.text
+
+
+def test_get_with_wait_wakes_at_the_outcome_or_answers_pending_at_the_end(client: httpx.Client, images: ImageServer) -> None:
+    gate = threading.Event()
+    url = images.behave("/wait/gated.jpg", _gated(photo(400, 200, seed=14), gate))
+    task_id = client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"]
+    started = time.monotonic()
+    pending = client.get("/thumbnail", params={"task_id": task_id, "wait": "1"})
+    assert pending.status_code == 202 and pending.json()["status"] == "PENDING" and time.monotonic() - started >= 1.0
+    threading.Timer(0.5, gate.set).start()
+    done = client.get("/thumbnail", params={"task_id": task_id, "wait": "20"}, timeout=30)
+    assert done.status_code == 200 and done.json()["status"] == "SUCCESS", done.text

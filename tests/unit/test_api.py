@@ -1,6 +1,9 @@
 """The HTTP contract, with in-memory ports (the same routes run against real servers in tests/integration)."""
+import asyncio
 import base64
 import socket
+import threading
+import time
 import uuid
 
 import pytest
@@ -202,3 +205,76 @@ def test_stats_answers_503_when_the_stats_stage_does_not(ports, keys) -> None:
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "STATS_UNAVAILABLE"
         assert answer.headers["retry-after"] == "10"
         assert client.post("/thumbnail", json={"source_image_url": "https://example.com/a.jpg"}).status_code == 202
+
+
+def _finish_after(ports, seconds: float, *, fail: bool = False) -> threading.Timer:
+    """Completes (or fails) every task published so far, `seconds` from now, as the pipeline would."""
+    publisher, tasks, _ = ports
+
+    def finish() -> None:
+        for event in list(publisher.events):
+            if fail:
+                asyncio.run(tasks.apply(project(Event(event.task_id, Failed("fetcher", "NOT_AN_IMAGE", "text/html"), "fetcher"))))
+            else:
+                asyncio.run(_complete(ports, event.task_id))
+
+    timer = threading.Timer(seconds, finish)
+    timer.start()
+    return timer
+
+
+def test_get_with_wait_answers_when_the_task_finishes(client: TestClient, ports) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    _finish_after(ports, 0.4)
+    started = time.monotonic()
+    answer = client.get("/thumbnail", params={"task_id": task_id, "wait": "10"})
+    assert answer.status_code == 200 and answer.json()["status"] == "SUCCESS"
+    assert 0.4 <= time.monotonic() - started < 5  # woken by the row, not by the end of the wait
+
+
+def test_get_with_wait_answers_pending_when_the_wait_is_over(client: TestClient) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    started = time.monotonic()
+    answer = client.get("/thumbnail", params={"task_id": task_id, "wait": "0.5"})
+    assert answer.status_code == 202 and answer.json()["status"] == "PENDING"
+    assert 0.5 <= time.monotonic() - started < 3
+
+
+def test_post_with_wait_answers_the_finished_task(client: TestClient, ports) -> None:
+    _finish_after(ports, 0.3)
+    answer = client.post("/thumbnail", params={"wait": "10"}, json={"source_image_url": "http://127.0.0.1/a.jpg"})
+    body = answer.json()
+    assert answer.status_code == 200 and body["status"] == "SUCCESS" and body["base64_thumbnail_data"]
+    assert answer.headers["location"] == f"/thumbnail?task_id={body['task_id']}"
+
+
+def test_post_with_wait_answers_a_failure_and_202_when_too_slow(client: TestClient, ports) -> None:
+    _finish_after(ports, 0.3, fail=True)
+    failed = client.post("/thumbnail", params={"wait": "10"}, json={"source_image_url": "http://127.0.0.1/a.jpg"})
+    assert failed.status_code == 200 and failed.json()["error"]["code"] == "NOT_AN_IMAGE"
+    slow = client.post("/thumbnail", params={"wait": "0.3"}, json={"source_image_url": "http://127.0.0.1/b.jpg"})
+    assert slow.status_code == 202 and set(slow.json()) == {"task_id"}
+
+
+@pytest.mark.parametrize("wait", ["0", "-1", "30.5", "x", "nan", "inf", ""])
+def test_a_bad_wait_is_a_400(client: TestClient, wait: str) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    for answer in (client.get("/thumbnail", params={"task_id": task_id, "wait": wait}),
+                   client.post("/thumbnail", params={"wait": wait}, json={"source_image_url": "http://127.0.0.1/a.jpg"})):
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "INVALID_PARAMETER", answer.text
+
+
+def test_waiting_requests_are_bounded_per_process(ports, keys) -> None:
+    publisher, tasks, thumbnails = ports
+    app = create_app(Settings(max_waiting=0), publisher=publisher, tasks=tasks, thumbnails=thumbnails, idempotency_keys=keys)
+    with TestClient(app) as client:
+        task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+        started = time.monotonic()
+        answer = client.get("/thumbnail", params={"task_id": task_id, "wait": "20"})
+        assert answer.status_code == 202 and time.monotonic() - started < 2  # no slot: the answer as it stands
+
+
+def test_post_with_wait_still_answers_202_when_the_store_fails_while_waiting(client: TestClient, ports) -> None:
+    threading.Timer(0.2, lambda: setattr(ports[1], "down", True)).start()
+    answer = client.post("/thumbnail", params={"wait": "5"}, json={"source_image_url": "http://127.0.0.1/a.jpg"})
+    assert answer.status_code == 202 and "task_id" in answer.json()  # accepted: a 503 now would invite a duplicate

@@ -48,6 +48,9 @@ def test_every_operation_survives_generated_requests(mode: GenerationMode, stats
                 # Whether a callback URL is accepted depends on the deployment (a signing secret, DNS, the allow list),
                 # not on the schema alone: tests/unit/test_api.py covers it. Without a secret here, every one is refused.
                 case.body.pop("callback_url", None)
+            if isinstance(case.query, dict):
+                # The in-memory tasks never finish, so every `wait` would last its full length: tests/unit/test_api.py covers it.
+                case.query.pop("wait", None)
             case.call_and_validate()
 
         check()
