@@ -57,6 +57,9 @@ WEBHOOK_DELIVERIES = Counter(
     ["outcome"],
 )
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+FETCH_RESERVED_BYTES = Gauge(
+    "thumbs_fetch_reserved_bytes", "Bytes of the fetcher's THUMBS_FETCH_MEMORY_BYTES held by downloads and not yet published."
+)
 STATS_RECORDS = Counter(
     "thumbs_stats_records_total", "Records the stats stage read, by outcome: observed, counted, duplicate "
     "(already counted: a re-read after a crash or rebalance) or invalid (not an event; left out).", ["outcome"],

@@ -11,6 +11,7 @@ are handled concurrently as asyncio tasks, up to a limit per subscription.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import logging
@@ -57,6 +58,19 @@ class Publisher(Protocol):
     async def publish_event(self, event: Event, headers: Sequence[tuple[str, bytes]] | None = None, *, topic: str | None = None) -> None: ...
 
 
+# What the record being handled holds until its outputs are published or it is parked (a download's memory).
+_held: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar("thumbs_held", default=None)
+
+
+def hold_until_handled(release: Callable[[], None]) -> bool:
+    """Calls `release` once the record being handled is done with; False outside a record (the caller releases)."""
+    held = _held.get()
+    if held is None:
+        return False
+    held.append(release)
+    return True
+
+
 class StageRunner:
     """Handles one record to completion: decode, call the core, publish its outputs.
 
@@ -78,6 +92,16 @@ class StageRunner:
     async def handle(self, message: Record) -> None:
         """Returns only when it is safe to commit past `message`."""
         replayed = any(name == REPLAY_HEADER for name, _ in message.headers)
+        held: list[Callable[[], None]] = []
+        token = _held.set(held)  # each record is handled in a task of its own, so in a context of its own
+        try:
+            await self._handle_bound(message, replayed)
+        finally:
+            _held.reset(token)
+            for release in held:
+                release()
+
+    async def _handle_bound(self, message: Record, replayed: bool) -> None:
         with logs.bound(stage=self.stage, topic=message.topic, partition=message.partition, offset=message.offset), \
                 tracing.record_span(self.stage, message.topic, message.partition, message.offset, message.headers,
                                     replayed=replayed) as span:

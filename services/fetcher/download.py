@@ -11,11 +11,12 @@ from aiohttp import hdrs
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from services.common import metrics
+from services.common import metrics, stage
 from services.common.errors import ErrorCode, PermanentError, ThumbsError, TransientError
 from services.common.settings import Settings
 
 from .body import read_capped
+from .budget import ByteBudget
 from .guard import validate_url
 from .resolver import GuardedResolver, check_literal, guarded_session
 
@@ -40,8 +41,9 @@ class Download:
 class Downloader:
     """The fetcher's `Source`: downloads over one pooled session that can only reach allowed addresses."""
 
-    def __init__(self, settings: Settings, *, resolver: AbstractResolver | None = None) -> None:
+    def __init__(self, settings: Settings, *, resolver: AbstractResolver | None = None, budget: ByteBudget | None = None) -> None:
         self._settings = settings
+        self._budget = budget or ByteBudget(settings.fetch_memory_bytes)
         self._inner_resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
@@ -100,11 +102,28 @@ class Downloader:
                     url = _redirect_target(url, location)
                     continue
                 _check_status(response.status)
-                data, sha256 = await read_capped(response, self._settings.fetch_max_bytes)
+                release = await self._budget.reserve(self._size_to_reserve(response))
+                # Held until the image is published (or the task parked); released here outside a stage.
+                handed_over = stage.hold_until_handled(release)
+                try:
+                    data, sha256 = await read_capped(response, self._settings.fetch_max_bytes)
+                finally:
+                    if not handed_over:
+                        release()
                 return Download(data, sha256, str(url))
         raise PermanentError(
             ErrorCode.SOURCE_TOO_MANY_REDIRECTS, f"more than {self._settings.fetch_max_redirects} redirects"
         )
+
+    def _size_to_reserve(self, response: aiohttp.ClientResponse) -> int:
+        """What the body may take in memory: its declared length, unless undeclared or compressed (then the cap)."""
+        declared = response.content_length
+        encoded = response.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower() not in ("", "identity")
+        if declared is not None and declared > self._settings.fetch_max_bytes:
+            return 0  # refused before a byte is read
+        if declared is None or encoded:
+            return self._settings.fetch_max_bytes
+        return declared
 
     def _session_for(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop that will own its connections.
