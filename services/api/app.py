@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -27,7 +28,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from services.common import tracing
 from services.common.kafka import PublishError
-from services.common.metrics import STAGE_READY, identify
+from services.common.metrics import HELD_REQUESTS, STAGE_READY, identify
 from services.common.model import Event, IdempotencyClaim, Requested, StoredThumbnail, TaskView
 from services.common.ports import IdempotencyKeys, Tasks, Thumbnails
 from services.common.settings import Settings
@@ -99,6 +100,8 @@ def create_app(
         app.state.backlog = Backlog(settings.max_backlog)
         app.state.stream_slots = StreamSlots(settings.sse_max_streams)
         app.state.wait_slots = StreamSlots(settings.max_waiting)
+        for kind, slots in (("events", app.state.stream_slots), ("wait", app.state.wait_slots)):
+            HELD_REQUESTS.labels(kind).set_function(partial(getattr, slots, "open"))
         app.state.settings = settings
         app.state.callbacks = CallbackCheck(allow=settings.fetch_allow_networks,
                                             resolver=callback_resolver or aiohttp.ThreadedResolver())

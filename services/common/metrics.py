@@ -51,6 +51,9 @@ HTTP_SECONDS = Histogram(
 BACKPRESSURE_REJECTIONS = Counter(
     "thumbs_backpressure_rejections_total", "POST /thumbnail requests refused with 503 because the fetchers' backlog was full."
 )
+HELD_REQUESTS = Gauge(
+    "thumbs_api_held_requests", "Requests the API process holds open: event streams (`events`) and waits (`wait`).", ["kind"]
+)
 BACKLOG_RECORDS = Gauge("thumbs_backlog_records", "The fetchers' lag on thumbnail.requested, as the API last read it.")
 WEBHOOK_DELIVERIES = Counter(
     "thumbs_webhook_deliveries_total", "Completion webhook attempts, by outcome: delivered, retried or failed (given up).",

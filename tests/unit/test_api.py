@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
 from services.api.app import create_app
@@ -278,3 +279,16 @@ def test_post_with_wait_still_answers_202_when_the_store_fails_while_waiting(cli
     threading.Timer(0.2, lambda: setattr(ports[1], "down", True)).start()
     answer = client.post("/thumbnail", params={"wait": "5"}, json={"source_image_url": "http://127.0.0.1/a.jpg"})
     assert answer.status_code == 202 and "task_id" in answer.json()  # accepted: a 503 now would invite a duplicate
+
+
+def test_held_requests_are_counted_while_they_wait(client: TestClient, ports) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    seen: list[float] = []
+
+    def look() -> None:
+        seen.append(REGISTRY.get_sample_value("thumbs_api_held_requests", {"kind": "wait"}) or 0.0)
+
+    threading.Timer(0.3, look).start()
+    assert client.get("/thumbnail", params={"task_id": task_id, "wait": "0.8"}).status_code == 202
+    look()
+    assert seen == [1.0, 0.0]
