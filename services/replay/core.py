@@ -19,6 +19,7 @@ STAGE_TOPICS = {
     "resizer": (FETCHED,),
     "projector": (REQUESTED, HASHED, COMPLETED, FAILED),
     "notifier": (COMPLETED, FAILED, WEBHOOK_RETRY),
+    "stats": (REQUESTED, COMPLETED, FAILED),  # a Faust app: its group commits offsets like the others
 }
 
 

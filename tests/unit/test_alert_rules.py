@@ -15,14 +15,13 @@ import pytest
 import yaml
 
 from services.replay.core import STAGE_TOPICS
-from services.stats.worker import STAGE as STATS_STAGE
 from tests.observability import ALERT_RULES, ROOT, alert_rules
 
 PROMETHEUS = ALERT_RULES.parent
 RUNBOOK = PROMETHEUS / "RUNBOOK.md"
 UNIT_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
 INSTALL = "bash devtools/test-tools/promtool.sh"
-STAGES = ("api", *STAGE_TOPICS, STATS_STAGE)
+STAGES = ("api", *STAGE_TOPICS)
 SEVERITIES = {"critical", "warning", "info"}
 PROMTOOL_TIMEOUT = 120  # seconds; both commands take well under one here
 

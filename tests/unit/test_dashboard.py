@@ -17,7 +17,6 @@ import services.common.metrics
 from services.api.metrics import MOUNTS, ROUTES
 from services.common.model import EVENT_TYPES
 from services.replay.core import STAGE_TOPICS
-from services.stats.worker import STAGE as STATS_STAGE
 from tests.observability import (
     ALERT_RULES,
     DASHBOARD,
@@ -45,7 +44,7 @@ SUFFIXES = {
     "info": ("_info",),
 }
 # Label values the code can produce, for the labels whose values are a closed set.
-LABEL_VALUES = {"stage": {"api", *STAGE_TOPICS, STATS_STAGE}, "type": set(EVENT_TYPES), "route": set(ROUTES) | set(MOUNTS) | {"unmatched"}}
+LABEL_VALUES = {"stage": {"api", *STAGE_TOPICS}, "type": set(EVENT_TYPES), "route": set(ROUTES) | set(MOUNTS) | {"unmatched"}}
 
 
 def visible_panels() -> list[dict[str, Any]]:
