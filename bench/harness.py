@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import struct
 import time
@@ -22,10 +23,12 @@ from services.common.cassandra import migrate
 from services.common.model import COMPLETED, FAILED
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
+from services.replay.core import STAGE_TOPICS
 from tests.integration.stack import ImageServer, Stack, drop_environment, isolated_env, settings_of
 from thumbs_devtools.lifecycle import ensure_running
 
 IMAGE_HOST = "127.0.0.2"
+CASSANDRA_COUNT = re.compile(r'^thumbs_cassandra_request_seconds_count\{(?=[^}]*operation="(?P<operation>[^"]+)")[^}]*\} (?P<value>\S+)$')
 SERVER_VARIABLES = ("THUMBS_KAFKA_BOOTSTRAP", "THUMBS_CASSANDRA_HOSTS", "THUMBS_CASSANDRA_PORT")
 Bases = dict[str, list[bytes]]
 STAGES = ("fetcher", "resizer", "projector", "stats")  # what `paused()` stops: never the API, Kafka or Cassandra
@@ -148,6 +151,34 @@ class Pipeline:
         self.completions = Completions(self.settings.kafka_bootstrap, self.settings.topic(COMPLETED),
                                        self.settings.topic(FAILED))
         self.completions.start()
+
+    def cassandra_requests(self) -> dict[str, float]:
+        """Cassandra statements run so far by every process, per operation (the processes' own counts)."""
+        ports = [self.settings.api_port] + [getattr(self.settings, f"{stage}_metrics_port") for stage in self.stack.names
+                                            if stage != "api"]
+        counts: dict[str, float] = {}
+        for port in ports:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            for line in text.splitlines():
+                found = CASSANDRA_COUNT.match(line)
+                if found:
+                    counts[found["operation"]] = counts.get(found["operation"], 0.0) + float(found["value"])
+        return counts
+
+    def kafka_log_bytes(self) -> dict[str, int]:
+        """Bytes in the local brokers' log segments per topic of this run (broker-side bytes in); {} when the
+        brokers are not this machine's `thumbs servers`."""
+        sizes: dict[str, int] = {}
+        for segment in Settings().state_dir.glob(f"servers/kafka-*/data/{self.settings.topic_prefix}*/*.log"):
+            topic = segment.parent.name.rsplit("-", 1)[0]
+            sizes[topic] = sizes.get(topic, 0) + segment.stat().st_size
+        return sizes
+
+    def readers(self, topic: str) -> int:
+        """Consumer groups of the running stages that read `topic` (each reads every byte of it once)."""
+        prefix = self.settings.topic_prefix
+        stages = sum(1 for stage in self.stack.names if any(prefix + name == topic for name in STAGE_TOPICS.get(stage, ())))
+        return stages + (topic == f"{self.settings.group('stats')}-observations")  # the stats stage's own hop
 
     def counter(self, stage: str, name: str) -> float:
         return self.stack.metric(stage, name)

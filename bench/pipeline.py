@@ -117,6 +117,7 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
     assert run.sampler is not None and run.completions is not None
     resizes = run.counter("resizer", "thumbs_resizes_total")
     hits = run.counter("resizer", "thumbs_dedupe_hits_total") + run.counter("fetcher", "thumbs_dedupe_hits_total")
+    statements, log_bytes = run.cassandra_requests(), run.kafka_log_bytes()
     run.sampler.mark()
     calls = submit()
     accepted = [c for c in calls if c.task_id]
@@ -124,6 +125,9 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
     done, figures = finished(run, [c.task_id for c in accepted if c.task_id], first, timeout)
     window = run.sampler.read()
     tasks = max(1, len(done))
+    settle(run)  # the projector's and the stats stage's last writes belong to these tasks
+    statements = {op: n - statements.get(op, 0.0) for op, n in run.cassandra_requests().items()}
+    grown = {topic: n - log_bytes.get(topic, 0) for topic, n in run.kafka_log_bytes().items()}
     return {
         "posted": len(calls), "accepted": len(accepted), **figures,
         "latency_ms": loadgen.summary_ms([done[c.task_id][0] - c.started for c in accepted if c.task_id in done]),
@@ -134,6 +138,11 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
         "cpu_seconds": window.cpu, "machine_cpu_seconds": window.machine_cpu, "window_seconds": window.seconds,
         "cpu_per_task_ms": {"pipeline": 1000 * sum(window.cpu.get(g, 0.0) for g in PIPELINE_GROUPS) / tasks,
                             **{g: 1000 * window.cpu.get(g, 0.0) / tasks for g in ("stats", "kafka", "cassandra", "bench")}},
+        "cassandra_per_task": {op: n / tasks for op, n in sorted(statements.items()) if n},
+        "kafka_bytes_per_task": {"in": sum(grown.values()) / tasks,
+                                 "out": sum(n * run.readers(topic) for topic, n in grown.items()) / tasks,
+                                 "by_topic_in": {t.removeprefix(run.settings.topic_prefix): n / tasks for t, n in sorted(grown.items()) if n}}
+        if grown else None,
         "peak_rss_mib": window.peak_rss_mib, "processes": window.processes, "loadavg_after": os.getloadavg(),
         "task_ids": [c.task_id for c in accepted],
     }
@@ -308,6 +317,15 @@ def rows(name: str, r: dict[str, Any], args: argparse.Namespace) -> list[Row]:
             ("CPU ms/task: of which the stats stage", f"{cpu['stats']:.1f}", "", ""),
             ("CPU ms/task: Kafka / Cassandra JVM", f"{cpu['kafka']:.1f} / {cpu['cassandra']:.1f}", "", ""),
             ("CPU ms/task: this benchmark", f"{cpu['bench']:.1f}", "", "")]
+    ops = r["cassandra_per_task"]
+    out.append(("Cassandra statements/task", f"{sum(ops.values()):.2f}", "", ""))
+    out += [(f"  {op}", f"{n:.2f}", "", "") for op, n in ops.items()]
+    kafka = r["kafka_bytes_per_task"]
+    if kafka is None:
+        out.append(("Kafka bytes/task", "n/a (brokers not local)", "", ""))
+    else:
+        out.append(("Kafka KiB/task in / out (broker logs × reading groups)", f"{kafka['in'] / 1024:.1f} / {kafka['out'] / 1024:.1f}", "", ""))
+        out += [(f"  in: {topic}", f"{n / 1024:.1f} KiB", "", "") for topic, n in kafka["by_topic_in"].items()]
     named = sum(r["cpu_seconds"].values())
     out.append(("CPU s: machine / ours / other (window s)",
                 f"{r['machine_cpu_seconds']:.1f} / {named:.1f} / {r['machine_cpu_seconds'] - named:.1f} "
