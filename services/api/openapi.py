@@ -231,6 +231,10 @@ def openapi_spec() -> dict[str, Any]:
                     "required": ["window_seconds", "totals", "windows"],
                     "properties": {
                         "window_seconds": {"type": "integer", "example": 10},
+                        "consumer_lag": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+                                         "description": "Records each deployed stage's consumer group is behind, read "
+                                                        "every 10 s (empty until the first reading).",
+                                         "example": {"fetcher": 0, "resizer": 12, "projector": 0}},
                         "totals": {"$ref": "#/components/schemas/Counts"},
                         "windows": {"type": "array", "items": {"allOf": [
                             {"$ref": "#/components/schemas/Counts"},

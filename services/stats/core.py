@@ -209,10 +209,12 @@ def _counts(tally: Tally | None) -> dict[str, Any]:
     }
 
 
-def report(totals: Tally | None, windows: Sequence[tuple[float, Tally]]) -> dict[str, Any]:
-    """The GET /stats document: running totals, and each window's counts and latency (oldest first)."""
+def report(totals: Tally | None, windows: Sequence[tuple[float, Tally]], consumer_lag: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The GET /stats document: running totals, each window's counts and latency (oldest first), and the
+    deployed stages' consumer lag as last read (records behind, per stage; {} until read)."""
     return {
         "window_seconds": WINDOW_SECONDS,
+        "consumer_lag": dict(consumer_lag or {}),
         "totals": _counts(totals),
         "windows": [
             {"start": datetime.fromtimestamp(start, UTC).isoformat().replace("+00:00", "Z"), **_counts(tally),

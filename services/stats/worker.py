@@ -13,6 +13,7 @@ be skipped and quietly counted wrong.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -30,6 +31,9 @@ from services.common import health, metrics
 from services.common.metrics import STATS_RECORDS
 from services.common.model import COMPLETED, FAILED, REQUESTED
 from services.common.settings import Settings
+from services.ops.kafka import read_lag
+from services.ops.lag import LagError
+from services.replay.core import STAGE_TOPICS
 
 from .core import KEPT_SECONDS, WINDOW_SECONDS, count, decode_batch, encode_batch, observe, report
 
@@ -41,6 +45,7 @@ SESSION_TIMEOUT_S = 10.0
 # this many pipeline records (Faust's cost is per record; statistics can wait half a second).
 BATCH_RECORDS = 1000
 BATCH_SECONDS = 0.5
+LAG_SECONDS = 10.0  # how often the stages' consumer lag is read for GET /stats
 FETCH_MIN_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
 
@@ -153,6 +158,23 @@ def build_app(settings: Settings) -> tuple[faust.App, Member]:
             STATS_RECORDS.labels("counted").inc(counted.counted)
             STATS_RECORDS.labels("duplicate").inc(counted.duplicates)
 
+    lags: dict[str, int] = {}
+
+    @app.timer(LAG_SECONDS)  # type: ignore[untyped-decorator]  # faust leaves timer() untyped
+    async def read_lags() -> None:
+        """Each deployed stage's consumer lag, for GET /stats: the page shows it beside the counts."""
+        groups = {settings.group(stage): [settings.topic(t) for t in topics] for stage, topics in STAGE_TOPICS.items()}
+        try:
+            found = await asyncio.to_thread(read_lag, settings, groups)
+        except LagError as exc:
+            log.warning("cannot read the stages' consumer lag: %s", exc)
+            return
+        by_group = {stage: settings.group(stage) for stage in STAGE_TOPICS}
+        deployed = {group.group: group.total for group in found
+                    if group.members or any(p.committed is not None for p in group.partitions)}
+        lags.clear()
+        lags.update({stage: deployed[group] for stage, group in by_group.items() if group in deployed})
+
     @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust leaves timer() untyped
     async def tick() -> None:
         member.last_poll = time.monotonic()  # the probes' sign that the event loop turns
@@ -173,7 +195,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Member]:
                 tally = windows.table.get((TALLY_KEY, window_range))
                 if tally is not None:
                     kept.append((window_range[0], tally))
-            return self.json(report(totals.get(TALLY_KEY), kept))
+            return self.json(report(totals.get(TALLY_KEY), kept, lags))
 
     return app, member
 

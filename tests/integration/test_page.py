@@ -140,6 +140,8 @@ def test_the_statistics_panel_counts_this_modules_tasks(browser: WebDriver, stac
     browser.get(stack.api + "/")
     text = WebDriverWait(browser, WAIT_SECONDS).until(totals, "statistics never showed this module's tasks")
     assert "Succeeded\n2" in text and "SOURCE_HTTP_ERROR: 1" in text
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda d: "fetcher " in d.find_element(By.ID, "stats").text,
+                                               "the stages' consumer lag never showed")
     bars = browser.find_elements(By.CSS_SELECTOR, "#throughput span")
     assert len(bars) == 90 and sum(int(bar.get_attribute("data-count") or 0) for bar in bars) == 3  # 15 min of 10 s
     screenshot("statistics")

@@ -118,6 +118,10 @@ def test_totals_move_by_exactly_the_tasks_submitted(client: httpx.Client, stack:
     latencies = [window["latency_ms"] for window in windows if window["latency_ms"]]
     assert latencies and all(0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 60_000 for lat in latencies)
     assert client.get("/stats", params={"minutes": "0"}).status_code == 400
+    # The deployed stages' lag, read every 10 s: the notifier does not run here, so it is not listed.
+    wait_for(lambda: set(stats(client)["consumer_lag"]) == {"fetcher", "resizer", "projector", "stats"}, 30,
+             lambda: f"consumer_lag: {stats(client)['consumer_lag']}")
+    assert all(isinstance(n, int) and n >= 0 for n in stats(client)["consumer_lag"].values())
 
 
 def test_replays_count_apart_and_never_twice(client: httpx.Client, stack: Stack, good_sources: list[str]) -> None:

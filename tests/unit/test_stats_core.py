@@ -118,7 +118,8 @@ def test_report_has_the_documented_shape_oldest_window_first() -> None:
     assert [w["start"] for w in document["windows"]] == ["2026-12-02T10:00:00Z", "2026-12-02T10:00:10Z"]
     assert document["windows"][0]["latency_ms"] is None  # a failure without the request time: no latency
     assert document["windows"][1]["latency_ms"]["p50"] == pytest.approx(40.0, rel=0.05)
-    assert report(None, [])["totals"]["requested"] == 0
+    assert report(None, [])["totals"]["requested"] == 0 and report(None, [])["consumer_lag"] == {}
+    assert report(None, [], {"fetcher": 3})["consumer_lag"] == {"fetcher": 3}
 
 
 def test_a_batch_counts_into_totals_and_each_observations_window_once() -> None:

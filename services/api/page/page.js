@@ -255,6 +255,12 @@ function throughputChart(windows, windowSeconds) {
   return figure;
 }
 
+// Records each stage is behind, as the stats stage last read it (every 10 s).
+function lagText(lag) {
+  const stages = Object.entries(lag);
+  return stages.length ? stages.map(([stage, records]) => `${stage} ${records}`).join(" · ") : "not read yet";
+}
+
 async function loadStats() {
   let answer;
   try {
@@ -276,6 +282,7 @@ async function loadStats() {
     ...fact("Deduplicated", `${totals.deduplicated} (${percent(totals.deduplicated, totals.succeeded)} of successes)`),
     ...fact("Latency", latest ? `p50 ${latest.latency_ms.p50} ms, p95 ${latest.latency_ms.p95} ms (window of ${latest.start})` : "no task finished in the last 15 minutes"),
     ...fact("Replayed records", String(totals.replayed)),
+    ...fact("Consumer lag", lagText(answer.consumer_lag || {})),
   );
   const codes = Object.entries(totals.failures_by_code);
   const failures = el("ul");
