@@ -3,11 +3,12 @@
     .venv/bin/python bench/chaos.py [--tasks 1000] [--rate 25]
 
 Submits distinct images at a steady rate from a loopback image server (127.0.0.2) while, in turn,
-the fetcher, resizer, projector, API, Kafka broker and Cassandra node are killed with SIGKILL and
-restarted. A supervisor restarts stage processes that exit on their own, as `thumbs run` does.
+the fetcher, resizer, projector, stats stage, API, Kafka broker and Cassandra node are killed with SIGKILL
+and restarted. A supervisor restarts stage processes that exit on their own, as `thumbs run` does.
 Afterwards it waits for the pipeline to drain and prints: accepted, SUCCESS, FAILURE, lost (accepted
 but never terminal), images rendered more than once, HTTP 5xx other than 503, and per fault the time until a
-fresh task completes again. Bounded in count and time; traffic stays on loopback.
+fresh task completes again; and whether the live statistics (GET /stats) counted every record on the
+requested, completed and failed topics exactly once. Bounded in count and time; traffic stays on loopback.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.common.cassandra import migrate
-from services.common.model import Completed
+from services.common.events import decode
+from services.common.model import COMPLETED, FAILED, REQUESTED, Completed
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
 from tests.integration.stack import (
@@ -37,12 +39,13 @@ from tests.integration.stack import (
     completed_events,
     drop_environment,
     isolated_env,
+    read_topic,
     settings_of,
 )
 from thumbs_devtools.lifecycle import all_servers, ensure_running, start_servers
 from thumbs_devtools.process import running_pid
 
-FAULTS = ("fetcher", "resizer", "projector", "api", "kafka", "cassandra")
+FAULTS = ("fetcher", "resizer", "projector", "stats", "api", "kafka", "cassandra")
 TERMINAL = ("SUCCESS", "FAILURE")
 
 
@@ -194,6 +197,31 @@ def renders_per_image(settings: Settings) -> Counter[str]:
                    if isinstance(e.payload, Completed) and not e.payload.deduplicated)
 
 
+def statistics_settle(api: str, settings: Settings, timeout: float = 180.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """GET /stats totals (requested, succeeded, failed, repeated) and what the topics hold (requests; tasks with a
+    completed record; tasks with a failed one; outcome records beyond each task's first), once they agree or at
+    the timeout. A stage killed mid-task may publish an outcome twice: the statistics count the task once."""
+    def on_topics() -> tuple[int, ...]:
+        requests = len(read_topic(settings, settings.topic(REQUESTED), 10))
+        outcomes = [decode(m.value(), m.headers() or []).task_id
+                    for topic in (COMPLETED, FAILED) for m in read_topic(settings, settings.topic(topic), 10)]
+        succeeded = {e.task_id for e in completed_events(settings)}
+        failed = set(outcomes) - succeeded
+        return requests, len(succeeded), len(failed), len(outcomes) - len(succeeded) - len(failed)
+
+    def counted() -> tuple[int, ...]:
+        try:
+            totals = httpx.get(f"{api}/stats", timeout=10).json()["totals"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return (-1, -1, -1, -1)
+        return totals["requested"], totals["succeeded"], totals["failed"], totals["repeated"]
+
+    deadline = time.monotonic() + timeout
+    while (seen := counted()) != (wanted := on_topics()) and time.monotonic() < deadline:
+        time.sleep(2.0)
+    return seen, wanted
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
@@ -212,7 +240,7 @@ def main() -> int:
     settings = settings_of(env)
     ensure_topics(settings)
     migrate(settings)
-    images, stack = ImageServer(), Stack(env, static_members=True)
+    images, stack = ImageServer(), Stack(env, names=(*Stack.names, "stats"), static_members=True)
     source = base_image()
     urls = [images.add(f"/chaos/{n}.jpg", distinct_jpeg(n, source)) for n in range(args.tasks)]
     probe_urls = iter(images.add(f"/probe/{n}.jpg", distinct_jpeg(10**6 + n, source)) for n in range(1000))
@@ -243,6 +271,7 @@ def main() -> int:
         load.done.wait(args.tasks / args.rate + 600)
         outcome = drain(stack.api, ledger, args.drain_timeout)
         renders = renders_per_image(settings)
+        counted, on_topics = statistics_settle(stack.api, settings)
     finally:
         supervisor.stopped.set()
         stack.stop()
@@ -266,7 +295,10 @@ def main() -> int:
     print(f"  max time to recover       {max(recoveries.values()):.1f}s")
     for name, seen in observer.outages.items():
         print(f"  while {name} was down: POST -> {seen['post']}, /ready -> {seen['ready']} {seen['checks']}")
-    return 0 if not lost and not twice and not five_hundreds else 1
+    exact = counted == on_topics
+    print(f"  statistics: requested/succeeded/failed/repeated {counted} vs the topics {on_topics}: "
+          f"{'exact' if exact else 'OFF'}")
+    return 0 if not lost and not twice and not five_hundreds and exact else 1
 
 
 if __name__ == "__main__":

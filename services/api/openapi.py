@@ -219,10 +219,12 @@ def openapi_spec() -> dict[str, Any]:
                 },
                 "Counts": {
                     "type": "object",
-                    "required": ["requested", "succeeded", "failed", "deduplicated", "replayed", "failures_by_code"],
+                    "required": ["requested", "succeeded", "failed", "deduplicated", "replayed", "repeated", "failures_by_code"],
+                    "description": "`replayed`: records re-published by thumbs replay (not in the other counts); "
+                                   "`repeated`: a task's outcome published again by a restarted stage (counted once).",
                     "properties": {
                         **{name: {"type": "integer", "minimum": 0} for name in
-                           ("requested", "succeeded", "failed", "deduplicated", "replayed")},
+                           ("requested", "succeeded", "failed", "deduplicated", "replayed", "repeated")},
                         "failures_by_code": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
                     },
                 },

@@ -6,7 +6,9 @@ Counting is exactly once although Kafka delivers at least once: every observatio
 from (topic, partition, offset), and a tally remembers the highest offset it has counted per source partition.
 A record seen again — resent after a crash, re-read after a rebalance — is at or below that mark and changes
 nothing. Replays (`thumbs replay`, header `thumbs-replay`) are new records of tasks already counted: they are
-counted under `replayed` only, so a replayed topic never counts a task twice.
+counted under `replayed` only, so a replayed topic never counts a task twice. And a stage that is killed
+mid-task may publish a task's outcome twice (at-least-once): the first outcome record of each task is
+remembered for OUTCOME_MEMORY_SECONDS, and a later one for the same task counts under `repeated` only.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ KINDS = ("requested", "succeeded", "failed")
 # from a few dozen integers per window, however many tasks it saw.
 LATENCY_RATIO = 2 ** (1 / 8)
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+# How long a task's first outcome is remembered, to tell a repeated outcome from a first one: a stage re-publishes
+# within seconds of its restart. Kept as windows of this length, the current and the previous one looked up.
+OUTCOME_MEMORY_SECONDS = 600
 
 Tally = dict[str, Any]
 
@@ -46,6 +51,8 @@ class Observation:
     source: str  # "topic:partition" of the record observed
     offset: int
     at: float = 0.0  # the record's Kafka timestamp (s): which window it counts in
+    task_id: str = ""
+    repeated: bool = False  # another outcome record of a task whose outcome was counted
     replayed: bool = False
     deduplicated: bool = False
     error_code: str | None = None
@@ -88,7 +95,7 @@ def observe(value: bytes | None, headers: Sequence[tuple[str, bytes | None]], to
     except EventError:
         return None
     named = {name: raw for name, raw in headers if raw is not None}
-    requested = Observation("requested", f"{topic}:{partition}", offset, at, replayed=REPLAY_HEADER in named)
+    requested = Observation("requested", f"{topic}:{partition}", offset, at, event.task_id, replayed=REPLAY_HEADER in named)
     payload = event.payload
     if isinstance(payload, Requested):
         return requested
@@ -112,7 +119,7 @@ def _latency_ms(outcome_micros: int, requested_at: bytes | None) -> float | None
 
 def empty() -> Tally:
     return {
-        "requested": 0, "succeeded": 0, "failed": 0, "deduplicated": 0, "replayed": 0,
+        "requested": 0, "succeeded": 0, "failed": 0, "deduplicated": 0, "replayed": 0, "repeated": 0,
         "failures_by_code": {}, "latency_buckets": {}, "marks": {},
     }
 
@@ -123,8 +130,9 @@ def add(tally: Tally | None, observation: Observation) -> Tally | None:
     if observation.offset <= counted["marks"].get(observation.source, -1):
         return None
     result = {**counted, "marks": {**counted["marks"], observation.source: observation.offset}}
-    if observation.replayed:
-        result["replayed"] += 1
+    if observation.replayed or observation.repeated:
+        name = "replayed" if observation.replayed else "repeated"
+        result[name] = result.get(name, 0) + 1  # .get: tallies stored before `repeated` existed lack it
         return result
     result[observation.kind] += 1
     if observation.deduplicated:
@@ -147,19 +155,29 @@ class Counted:
 
     totals: Tally | None = None  # None: unchanged
     windows: dict[float, Tally] = field(default_factory=dict)  # by window start
+    first_outcomes: dict[str, tuple[float, str]] = field(default_factory=dict)  # task id -> (time, record) to remember
     counted: int = 0
     duplicates: int = 0
 
 
-def count(totals: Tally | None, stored_window: Callable[[float], Tally | None], observations: Sequence[Observation]) -> Counted:
+def count(totals: Tally | None, stored_window: Callable[[float], Tally | None], observations: Sequence[Observation],
+          first_outcome: Callable[[str, float], str | None] = lambda _task, _at: None) -> Counted:
     """Adds a batch to the totals and to each observation's window (`stored_window(start)`: its tally so far).
 
-    A batch becomes one write of the totals and one per window touched, however many records it holds.
+    `first_outcome(task_id, at)` is the record ("topic:partition@offset") of the task's outcome counted first,
+    if remembered. A batch becomes one write of the totals and one per window touched, however many records it holds.
     """
     result = Counted()
     total = totals
     windows: dict[float, Tally | None] = {}
     for observation in observations:
+        if observation.kind != "requested" and observation.task_id and not observation.replayed:
+            record = f"{observation.source}@{observation.offset}"
+            known = result.first_outcomes.get(observation.task_id, (0.0, None))[1] or first_outcome(observation.task_id, observation.at)
+            if known is None:
+                result.first_outcomes[observation.task_id] = (observation.at, record)
+            elif known != record:  # the same record read again is no repeat: its marks say whether it counted
+                observation = replace(observation, repeated=True)
         start = window_start(observation.at)
         if start not in windows:
             windows[start] = stored_window(start)
@@ -204,7 +222,7 @@ def _counts(tally: Tally | None) -> dict[str, Any]:
     tally = tally or empty()
     return {
         "requested": tally["requested"], "succeeded": tally["succeeded"], "failed": tally["failed"],
-        "deduplicated": tally["deduplicated"], "replayed": tally["replayed"],
+        "deduplicated": tally["deduplicated"], "replayed": tally["replayed"], "repeated": tally.get("repeated", 0),
         "failures_by_code": dict(sorted(tally["failures_by_code"].items())),
     }
 

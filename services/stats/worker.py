@@ -35,7 +35,7 @@ from services.ops.kafka import read_lag
 from services.ops.lag import LagError
 from services.replay.core import STAGE_TOPICS
 
-from .core import KEPT_SECONDS, WINDOW_SECONDS, count, decode_batch, encode_batch, observe, report
+from .core import KEPT_SECONDS, OUTCOME_MEMORY_SECONDS, WINDOW_SECONDS, count, decode_batch, encode_batch, observe, report
 
 STAGE = "stats"
 TALLY_KEY = "all"  # one key: the observations topic has one partition, so one instance holds every count
@@ -127,6 +127,20 @@ def build_app(settings: Settings) -> tuple[faust.App, Member]:
     tumbling = windows.table.window
     assert tumbling is not None
     window_at = tumbling.current  # the 10-second window (start, end) a timestamp falls in
+    # Each task's first outcome record, remembered a while (core.py): windows of OUTCOME_MEMORY_SECONDS, the
+    # current and the previous one read, older ones expired with their changelog entries.
+    outcomes = app.Table("outcomes", partitions=1, extra_topic_configs=topic_configs).tumbling(
+        OUTCOME_MEMORY_SECONDS, expires=timedelta(seconds=3 * OUTCOME_MEMORY_SECONDS))
+    assert outcomes.table.window is not None
+    memory_at = outcomes.table.window.current
+
+    def first_outcome(task_id: str, at: float) -> str | None:
+        for moment in (at, at - OUTCOME_MEMORY_SECONDS):
+            record: str | None = outcomes.table.get((task_id, memory_at(moment)))
+            if record is not None:
+                return record
+        return None
+
     member = Member(app)
 
     @app.agent(sources, supervisor_strategy=CrashingSupervisor)
@@ -150,7 +164,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Member]:
         async for value in stream:
             batch, invalid = decode_batch(value)
             STATS_RECORDS.labels("invalid").inc(invalid)
-            counted = count(totals.get(TALLY_KEY), lambda start: windows.table.get((TALLY_KEY, window_at(start))), batch)
+            counted = count(totals.get(TALLY_KEY), lambda start: windows.table.get((TALLY_KEY, window_at(start))), batch,
+                            first_outcome)
+            for task_id, (at, record) in counted.first_outcomes.items():
+                outcomes.table[task_id, memory_at(at)] = record
             if counted.totals is not None:
                 totals[TALLY_KEY] = counted.totals
             for start, tally in counted.windows.items():

@@ -20,10 +20,11 @@ from services.stats.core import (
 )
 
 SHA = "ab" * 32
+TASK = "8d7f3c52-2a4e-4b8e-9a51-0c7b6f1e2d3a"
 
 
 def record(payload, **headers: bytes) -> tuple[bytes, list[tuple[str, bytes | None]]]:
-    encoded = encode(Event(task_id="8d7f3c52-2a4e-4b8e-9a51-0c7b6f1e2d3a", payload=payload, producer="test", occurred_at="2026-12-02T10:00:01.500000Z"))
+    encoded = encode(Event(task_id=TASK, payload=payload, producer="test", occurred_at="2026-12-02T10:00:01.500000Z"))
     return encoded.value, [*encoded.headers, *headers.items()]
 
 
@@ -34,11 +35,11 @@ def completed(deduplicated: bool = False) -> Completed:
 def test_requested_completed_and_failed_records_make_their_observations() -> None:
     requested_at = str(1796205600000).encode()  # 2026-12-02T10:00:00Z in ms: the outcomes come 1.5 s later
     assert observe(*record(Requested("https://example.com/a.jpg")), "p.thumbnail.requested", 2, 40, 1796205600.25) == Observation(
-        "requested", "p.thumbnail.requested:2", 40, 1796205600.25)
+        "requested", "p.thumbnail.requested:2", 40, 1796205600.25, TASK)
     assert observe(*record(completed(deduplicated=True), **{REQUESTED_AT_HEADER: requested_at}), "c", 0, 7) == Observation(
-        "succeeded", "c:0", 7, deduplicated=True, latency_ms=1500.0)
+        "succeeded", "c:0", 7, task_id=TASK, deduplicated=True, latency_ms=1500.0)
     assert observe(*record(Failed("fetcher", "NOT_AN_IMAGE", "text/plain"), **{REQUESTED_AT_HEADER: requested_at}),
-                   "f", 1, 3) == Observation("failed", "f:1", 3, error_code="NOT_AN_IMAGE", latency_ms=1500.0)
+                   "f", 1, 3) == Observation("failed", "f:1", 3, task_id=TASK, error_code="NOT_AN_IMAGE", latency_ms=1500.0)
 
 
 def test_replays_bad_headers_other_events_and_garbage() -> None:
@@ -114,7 +115,7 @@ def test_report_has_the_documented_shape_oldest_window_first() -> None:
     document = report(totals, [(1796205610.0, late), (1796205600.0, early)])
     assert document["window_seconds"] == 10
     assert document["totals"] == {"requested": 0, "succeeded": 1, "failed": 1, "deduplicated": 0, "replayed": 0,
-                                  "failures_by_code": {"NOT_AN_IMAGE": 1}}
+                                  "repeated": 0, "failures_by_code": {"NOT_AN_IMAGE": 1}}
     assert [w["start"] for w in document["windows"]] == ["2026-12-02T10:00:00Z", "2026-12-02T10:00:10Z"]
     assert document["windows"][0]["latency_ms"] is None  # a failure without the request time: no latency
     assert document["windows"][1]["latency_ms"]["p50"] == pytest.approx(40.0, rel=0.05)
@@ -142,3 +143,35 @@ def test_a_batch_counts_into_totals_and_each_observations_window_once() -> None:
 
     nothing_new = count(again.totals, {**stored, **again.windows}.get, batch)
     assert nothing_new.totals is None and nothing_new.windows == {} and nothing_new.duplicates == 3
+
+
+def test_a_tasks_outcome_published_again_counts_as_repeated_once_per_record() -> None:
+    remembered: dict[str, str] = {}
+    first = Observation("succeeded", "c:0", 4, 1796205601.0, task_id="t1", deduplicated=False, latency_ms=30.0)
+    again = Observation("succeeded", "c:1", 9, 1796205602.0, task_id="t1", deduplicated=True, latency_ms=900.0)
+    counted = count(None, {}.get, [first], lambda task, _at: remembered.get(task))
+    assert counted.totals is not None and counted.totals["succeeded"] == 1
+    assert counted.first_outcomes == {"t1": (1796205601.0, "c:0@4")}
+    remembered["t1"] = "c:0@4"
+
+    repeated = count(counted.totals, {}.get, [again, first], lambda task, _at: remembered.get(task))
+    assert repeated.totals is not None
+    assert (repeated.totals["succeeded"], repeated.totals["repeated"], repeated.totals["deduplicated"]) == (1, 1, 0)
+    assert (repeated.counted, repeated.duplicates) == (1, 1)  # the first record again: already counted by its mark
+    assert sum(repeated.totals["latency_buckets"].values()) == 1  # a repeat adds no latency
+
+
+def test_after_a_crash_the_first_outcome_counts_whichever_write_survived() -> None:
+    outcome = Observation("failed", "f:0", 2, 1796205601.0, task_id="t2", error_code="E")
+    # The remembered outcome survived, the totals did not: the same record counts.
+    lost_totals = count(None, {}.get, [outcome], lambda _task, _at: "f:0@2")
+    assert lost_totals.totals is not None and lost_totals.totals["failed"] == 1 and lost_totals.totals["repeated"] == 0
+    # The totals survived, the memory did not: nothing counts again, and the record is remembered.
+    lost_memory = count(lost_totals.totals, {}.get, [outcome])
+    assert lost_memory.totals is None and lost_memory.first_outcomes == {"t2": (1796205601.0, "f:0@2")}
+
+
+def test_requests_and_replays_are_not_outcomes_to_remember() -> None:
+    counted = count(None, {}.get, [Observation("requested", "r:0", 0, 1.0, task_id="t3"),
+                                   Observation("succeeded", "c:0", 0, 1.0, task_id="t3", replayed=True)])
+    assert counted.first_outcomes == {} and counted.totals is not None and counted.totals["replayed"] == 1

@@ -281,7 +281,7 @@ async function loadStats() {
     ...fact("Failed", String(totals.failed)),
     ...fact("Deduplicated", `${totals.deduplicated} (${percent(totals.deduplicated, totals.succeeded)} of successes)`),
     ...fact("Latency", latest ? `p50 ${latest.latency_ms.p50} ms, p95 ${latest.latency_ms.p95} ms (window of ${latest.start})` : "no task finished in the last 15 minutes"),
-    ...fact("Replayed records", String(totals.replayed)),
+    ...fact("Replayed / repeated", `${totals.replayed} records replayed, ${totals.repeated} outcomes published again`),
     ...fact("Consumer lag", lagText(answer.consumer_lag || {})),
   );
   const codes = Object.entries(totals.failures_by_code);
