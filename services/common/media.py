@@ -42,9 +42,10 @@ _UNSUPPORTED: tuple[tuple[bytes, str], ...] = (
     (b"\xc5\xd0\xd3\xc6", "EPS"),
 )
 
-# ISO base media (HEIF family) brands at offset 8 of an `ftyp` box; other brands are video or documents.
+# AVIF stills and sequences (Pillow decodes them with libavif); only the first frame is rendered.
+_AVIF_BRANDS = (b"avif", b"avis")
+# Other ISO base media (HEIF family) brands at offset 8 of an `ftyp` box; other brands are video or documents.
 _FTYP_BRANDS = {
-    b"avif": "AVIF", b"avis": "AVIF",
     b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
     b"hevc": "HEIC", b"hevx": "HEIC", b"hevm": "HEIC", b"hevs": "HEIC",
     b"mif1": "HEIF", b"msf1": "HEIF",
@@ -64,6 +65,8 @@ def sniff(data: bytes) -> str:
             return media_type
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
+    if data[4:8] == b"ftyp" and data[8:12] in _AVIF_BRANDS:
+        return "image/avif"
     if _is_bmp(data):
         return "image/bmp"
     unsupported = _unsupported_name(data)

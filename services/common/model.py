@@ -25,8 +25,8 @@ REQUESTED_AT_HEADER = "thumbs-requested-at"  # Unix ms of the request, carried t
 REPLAY_HEADER = "thumbs-replay"  # stamped by `thumbs replay` on what it re-publishes, and carried downstream
 EVENT_TYPES = (REQUESTED, FETCHED, HASHED, COMPLETED, FAILED)
 PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, HASHED, COMPLETED, FAILED, WEBHOOK_RETRY, DLQ)
-FORMATS = ("jpeg", "png", "webp")
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+FORMATS = ("jpeg", "png", "webp", "avif")
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif"}
 
 
 class EventError(ValueError):

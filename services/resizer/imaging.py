@@ -36,8 +36,9 @@ PILLOW_FORMATS = {
     "image/webp": ("WEBP",),
     "image/bmp": ("BMP",),
     "image/tiff": ("TIFF",),
+    "image/avif": ("AVIF",),
 }
-ENCODERS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+ENCODERS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
 WHITE = (255, 255, 255, 255)
 ALPHA_MODES = ("RGBA", "LA", "RGBa", "La")
 
@@ -127,8 +128,8 @@ def encode(image: Image.Image, rendition: Rendition) -> bytes:
     if rendition.format == "jpeg":
         # optimize (Huffman tables fitted to the image) costs ~13 us on 100x56 and saves ~15 % of bytes.
         image.save(out, "JPEG", quality=rendition.quality, optimize=True, progressive=False)
-    elif rendition.format == "webp":
-        image.save(out, "WEBP", quality=rendition.quality)
+    elif rendition.format in ("webp", "avif"):
+        image.save(out, ENCODERS[rendition.format], quality=rendition.quality)
     else:
         image.save(out, ENCODERS[rendition.format])
     return out.getvalue()

@@ -172,6 +172,7 @@ ROWS = [
     Row("WebP", served(samples.encode(Image.new("RGB", (300, 300), "green"), "WEBP"), "image/webp"), "SUCCESS", size=(100, 100)),
     Row("BMP", served(samples.encode(Image.new("RGB", (50, 100), "green"), "BMP"), "image/bmp"), "SUCCESS", size=(50, 100)),
     Row("TIFF", served(samples.encode(Image.new("RGB", (400, 100), "green"), "TIFF"), "image/tiff"), "SUCCESS", size=(100, 25)),
+    Row("AVIF", served(samples.encode(Image.new("RGB", (200, 400), "green"), "AVIF"), "image/avif"), "SUCCESS", size=(50, 100)),
 ]
 
 

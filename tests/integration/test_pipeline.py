@@ -58,13 +58,16 @@ def test_post_poll_success_file_and_etag(client: httpx.Client, images: ImageServ
     assert cached.status_code == 304
 
 
-def test_rendition_from_the_post_body(client: httpx.Client, images: ImageServer) -> None:
-    url = images.add("/e2e/wide.jpg", photo(800, 200, seed=2))
-    task_id = client.post("/thumbnail", json={"source_image_url": url, "width": 200, "height": 200, "format": "png"}).json()["task_id"]
+@pytest.mark.parametrize("fmt", ["png", "avif"])
+def test_rendition_from_the_post_body(client: httpx.Client, images: ImageServer, fmt: str) -> None:
+    url = images.add(f"/e2e/wide-{fmt}.jpg", photo(800, 200, seed=2))
+    task_id = client.post("/thumbnail", json={"source_image_url": url, "width": 200, "height": 200, "format": fmt}).json()["task_id"]
     body = poll_terminal(client, task_id)
-    assert body["status"] == "SUCCESS", body
+    assert body["status"] == "SUCCESS" and body["content_type"] == f"image/{fmt}", body
     image = Image.open(io.BytesIO(base64.b64decode(body["base64_thumbnail_data"])))
-    assert image.format == "PNG" and image.size == (200, 50)
+    assert image.format == fmt.upper() and image.size == (200, 50)
+    served = client.get("/thumbnail/file", params={"task_id": task_id})
+    assert served.headers["content-type"] == f"image/{fmt}"
 
 
 def test_same_content_under_50_urls_is_resized_once(client: httpx.Client, images: ImageServer, stack: Stack) -> None:

@@ -121,8 +121,8 @@ def test_alpha_is_composited_on_white_for_jpeg() -> None:
     assert close(decoded.getpixel((80, 25)), (0, 0, 255))
 
 
-@pytest.mark.parametrize("fmt", ["png", "webp"])
-def test_png_and_webp_output_keep_transparency(fmt: str) -> None:
+@pytest.mark.parametrize("fmt", ["png", "webp", "avif"])
+def test_png_webp_and_avif_output_keep_transparency(fmt: str) -> None:
     source = Image.new("RGBA", (200, 100), (255, 0, 0, 0))
     source.paste((0, 0, 255, 255), (100, 0, 200, 100))
     result, decoded = thumb(encode(source, "PNG"), Rendition(100, 100, fmt, 90))
@@ -132,8 +132,8 @@ def test_png_and_webp_output_keep_transparency(fmt: str) -> None:
     assert close(decoded.getpixel((80, 25)), (0, 0, 255, 255))
 
 
-@pytest.mark.parametrize("fmt", ["png", "webp"])
-def test_opaque_sources_give_rgb_png_and_webp(fmt: str) -> None:
+@pytest.mark.parametrize("fmt", ["png", "webp", "avif"])
+def test_opaque_sources_give_rgb_png_webp_and_avif(fmt: str) -> None:
     _, decoded = thumb(encode(gradient((200, 100), "CMYK"), "JPEG"), Rendition(100, 100, fmt, 90))
     assert decoded.mode == "RGB" and decoded.size == (100, 50)
 
@@ -234,7 +234,7 @@ def test_gif_split_into_tiny_blocks_is_refused_fast(monkeypatch: pytest.MonkeyPa
     fails(ErrorCode.IMAGE_CORRUPT, gif_fragmented(3_000_000))
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "TIFF", "AVIF"])
 def test_animations_are_limited_and_render_their_first_frame(fmt: str) -> None:
     frames = [Image.new("RGB", (200, 100), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:])

@@ -31,7 +31,6 @@ def test_empty_source() -> None:
     [
         (b'<?xml version="1.0"?>\n<!-- logo -->\n<svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
         (b"\xef\xbb\xbf  <svg width='10' height='10'><script>alert(1)</script></svg>", "SVG"),
-        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "AVIF"),
         (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),
         (b"\x00\x00\x01\x00\x01\x00\x10\x10\x00\x00", "ICO"),
         (b"8BPS\x00\x01\x00\x00\x00\x00\x00\x00", "PSD"),
@@ -71,3 +70,8 @@ def test_everything_else_is_not_an_image(data: bytes) -> None:
 def test_only_the_first_bytes_matter() -> None:
     assert sniff(b"\x89PNG\r\n\x1a\n" + b"<svg>" * 1000) == "image/png"
     assert sniff(encode(Image.new("RGB", (4, 4)), "JPEG") + b"<html>") == "image/jpeg"
+
+
+@pytest.mark.parametrize("brand", [b"avif", b"avis"])
+def test_avif_stills_and_sequences_are_decoded(brand: bytes) -> None:
+    assert sniff(b"\x00\x00\x00\x1cftyp" + brand + b"\x00\x00\x00\x00avifmif1") == "image/avif"
