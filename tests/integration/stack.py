@@ -266,12 +266,19 @@ def wait_for(condition: Callable[[], bool], timeout: float, describe: Callable[[
     raise AssertionError(f"timed out after {timeout:.0f}s: {describe()}")
 
 
-def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> dict:
-    """Polls GET /thumbnail until the task is SUCCESS or FAILURE; fails the test on timeout."""
+def poll_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0, *, produced_to_kafka: bool = False) -> dict:
+    """Polls GET /thumbnail until the task is SUCCESS or FAILURE; fails the test on timeout.
+
+    A task produced straight to Kafka has no row until the projector has read its request: `produced_to_kafka`
+    lets 404 mean "not yet" (through the API, the row exists before the 202).
+    """
     deadline = time.monotonic() + timeout
     last: dict = {}
     while time.monotonic() < deadline:
         response = client.get("/thumbnail", params={"task_id": task_id})
+        if produced_to_kafka and response.status_code == 404:
+            time.sleep(0.1)
+            continue
         assert response.status_code in (200, 202), response.text
         last = response.json()
         if last["status"] in ("SUCCESS", "FAILURE"):

@@ -234,7 +234,7 @@ def test_requests_produced_straight_to_kafka(client: httpx.Client, images: Image
     asyncio.run(produce())
     publisher.close()
     for task_id in (minimal_id, extra_id, twice_id):
-        body = poll_terminal(client, task_id)
+        body = poll_terminal(client, task_id, produced_to_kafka=True)
         assert body["status"] == "SUCCESS", body
         assert (body["width"], body["height"]) == (100, 50)
 
