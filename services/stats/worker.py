@@ -186,11 +186,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Member]:
         except LagError as exc:
             log.warning("cannot read the stages' consumer lag: %s", exc)
             return
-        by_group = {stage: settings.group(stage) for stage in STAGE_TOPICS}
-        deployed = {group.group: group.total for group in found
-                    if group.members or any(p.committed is not None for p in group.partitions)}
-        lags.clear()
-        lags.update({stage: deployed[group] for stage, group in by_group.items() if group in deployed})
+        lags.clear()  # read_lag answers in the order asked; a group never committed and without members is not deployed
+        lags.update({stage: group.total for stage, group in zip(STAGE_TOPICS, found, strict=True)
+                     if group.members or any(p.committed is not None for p in group.partitions)})
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust leaves timer() untyped
     async def tick() -> None:
