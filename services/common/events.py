@@ -4,7 +4,7 @@ Each event type and version has a JSON Schema under `schemas/` (installed as the
 `decode` validates against it, so what the code accepts is exactly what the published contract allows
 (unknown fields are ignored).
 
-Events are JSON record values, except `thumbnail.fetched` v2: its value is the source image itself and
+Events are JSON record values, except `thumbnail.fetched` v2 and v3: its value is the source image itself and
 its JSON rides in the `thumbs-event` header, so megabytes of image are neither base64-encoded nor parsed
 as JSON by every consumer (v1, the image inline as base64, is still read: old records can be replayed).
 """
@@ -24,7 +24,20 @@ from typing import Any
 
 import jsonschema_rs
 
-from .model import _PAYLOAD_TYPES, FETCHED, Event, EventError, Fetched, Rendition, Requested, now_iso
+from .model import (
+    _PAYLOAD_TYPES,
+    COMPLETED,
+    FETCHED,
+    WRITTEN_VERSIONS,
+    Completed,
+    Event,
+    EventError,
+    Fetched,
+    Rendered,
+    Rendition,
+    Requested,
+    now_iso,
+)
 
 # pyproject.toml maps the repository's schemas/ to this package, so an installed wheel carries the contract.
 SCHEMA_PACKAGE = "services.contract"
@@ -73,17 +86,49 @@ class Encoded:
 
 
 def encode(event: Event) -> Encoded:
+    payload: dict[str, Any]
+    extended = event.version == WRITTEN_VERSIONS[event.type][1] != WRITTEN_VERSIONS[event.type][0]
     if isinstance(event.payload, Fetched):
         fetched = event.payload  # not asdict(): it would deep-copy the image bytes
         payload = {
             "source_url": fetched.source_url, "source_sha256": fetched.source_sha256, "media_type": fetched.media_type,
-            "image_size": len(fetched.image), "rendition": asdict(fetched.rendition),
+            "image_size": len(fetched.image), **_renditions_field(fetched.renditions, extended),
         }
         return Encoded(fetched.image, ((EVENT_HEADER, _json(event, payload)),))
-    payload = asdict(event.payload)
     if isinstance(event.payload, Requested):  # optional fields are left out unset, as the schema's examples show
-        payload = {name: value for name, value in payload.items() if value is not None}
-    return Encoded(_json(event, payload))
+        requested = event.payload
+        payload = {"source_url": requested.source_url, **_renditions_field(requested.renditions, extended)}
+        payload.update({name: value for name in ("callback_url", "owner") if (value := getattr(requested, name))})
+        return Encoded(_json(event, payload))
+    if isinstance(event.payload, Completed):
+        done = event.payload
+        payload = {name: getattr(done, name) for name in _COMPLETED_FLAT}
+        payload["rendition"] = rendition_document(done.rendition)
+        if extended:
+            payload["renditions"] = [
+                {"rendition": rendition_document(r.rendition), **{name: getattr(r, name) for name in _RENDERED_FLAT}}
+                for r in done.rendered
+            ]
+        return Encoded(_json(event, payload))
+    return Encoded(_json(event, asdict(event.payload)))
+
+
+_COMPLETED_FLAT = ("source_sha256", "renderer_version", "content_type", "width", "height", "size_bytes", "deduplicated")
+_RENDERED_FLAT = ("content_type", "width", "height", "size_bytes", "deduplicated")
+_PLAIN_FIELDS = ("width", "height", "format", "quality")
+
+
+def rendition_document(rendition: Rendition) -> dict[str, Any]:
+    """A rendition as events carry it: a plain one with rendition.v1's fields only, so v1 readers see what they know."""
+    if rendition.is_plain:
+        return {name: getattr(rendition, name) for name in _PLAIN_FIELDS}
+    return {name: value for name, value in asdict(rendition).items() if value is not None}
+
+
+def _renditions_field(renditions: Sequence[Rendition], extended: bool) -> dict[str, Any]:
+    if extended:
+        return {"renditions": [rendition_document(r) for r in renditions]}
+    return {"rendition": rendition_document(renditions[0])}
 
 
 def _json(event: Event, payload: dict[str, Any]) -> bytes:
@@ -116,8 +161,8 @@ def decode(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = ()
     validator = _validators().get((kind, version)) if isinstance(kind, str) and isinstance(version, int) else None
     if validator is None or not isinstance(kind, str):
         raise EventError(f"unknown event type/version: {kind!r} v{version!r}")
-    if (carried is not None) != (kind == FETCHED and version == 2):
-        raise EventError(f"only thumbnail.fetched v2 travels in the {EVENT_HEADER} header, with the image as the value")
+    if (carried is not None) != (kind == FETCHED and (version or 0) >= 2):
+        raise EventError(f"only thumbnail.fetched v2+ travels in the {EVENT_HEADER} header, with the image as the value")
     error = min(validator.iter_errors(document), key=lambda e: [str(p) for p in e.instance_path], default=None)
     if error is not None:
         where = "/".join(str(p) for p in error.instance_path) or "(root)"
@@ -127,9 +172,16 @@ def decode(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = ()
 
 def _build(kind: str, document: dict[str, Any], image: bytes | None) -> Event:
     payload = dict(document["payload"])
-    names = fields_of(_PAYLOAD_TYPES[kind])
-    if "rendition" in names:
-        payload["rendition"] = Rendition(**{**asdict(Rendition()), **_known(Rendition, payload.get("rendition", {}))})
+    if "rendition" in payload:
+        payload["rendition"] = _rendition(payload["rendition"])
+    if kind == COMPLETED and "renditions" in payload:  # v2: the flat fields repeat the first entry
+        payload["more_rendered"] = tuple(
+            Rendered(_rendition(entry["rendition"]), **{name: entry[name] for name in _RENDERED_FLAT})
+            for entry in payload.pop("renditions")[1:]
+        )
+    elif "renditions" in payload:  # requested v2, fetched v3
+        first, *more = (_rendition(entry) for entry in payload.pop("renditions"))
+        payload.update(rendition=first, more_renditions=tuple(more))
     if kind == FETCHED:
         payload["image"] = _image_v1(payload.pop("image_base64")) if image is None else _image_v2(image, payload)
     return Event(
@@ -140,6 +192,10 @@ def _build(kind: str, document: dict[str, Any], image: bytes | None) -> Event:
         occurred_at=document.get("occurred_at") or now_iso(),
         correlation_id=document.get("correlation_id", ""),
     )
+
+
+def _rendition(values: dict[str, Any]) -> Rendition:
+    return Rendition(**_known(Rendition, values))
 
 
 def _image_v1(text: str) -> bytes:

@@ -5,9 +5,10 @@ translate them at the edges.
 """
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ REQUESTED_AT_HEADER = "thumbs-requested-at"  # Unix ms of the request, carried t
 REPLAY_HEADER = "thumbs-replay"  # stamped by `thumbs replay` on what it re-publishes, and carried downstream
 EVENT_TYPES = (REQUESTED, FETCHED, HASHED, COMPLETED, FAILED)
 PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, HASHED, COMPLETED, FAILED, WEBHOOK_RETRY, DLQ)
-FORMATS = ("jpeg", "png", "webp", "avif")
+FORMATS = ("jpeg", "png", "webp", "avif")  # encodings; a request may also ask for AUTO
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif"}
 
 
@@ -33,22 +34,72 @@ class EventError(ValueError):
     """Bytes that are not a valid event of a known type and version (they go to the dead-letter topic)."""
 
 
+FITS = ("contain", "cover", "pad")
+GRAVITIES = ("center", "north", "south", "east", "west", "smart")
+ALPHA_FORMATS = ("png", "webp", "avif")
+AUTO = "auto"  # a rendition in AVIF, WebP and JPEG; GET /thumbnail/file picks one by the request's Accept header
+AUTO_FORMATS = ("avif", "webp", "jpeg")  # in order of preference
+
+
 @dataclass(frozen=True)
 class Rendition:
-    """What to render: fit within width x height keeping the aspect ratio, encoded as `format`."""
+    """What to render from a source, and how.
+
+    fit: `contain` fits the picture inside width x height keeping its aspect ratio; `cover` fills the box exactly,
+    cropping what overflows where `gravity` says; `pad` fits inside and letterboxes it on `background` to exactly the
+    box. `enlarge` lets a source smaller than the box be scaled up. `background` ("rrggbb" or "rrggbbaa", lowercase)
+    is the colour behind transparent parts and padding; unset, they stay transparent where the format has alpha and
+    are white in JPEG. `format` may be AUTO, which stands for the AUTO_FORMATS encodings of the same picture.
+    """
 
     width: int = 100
     height: int = 100
     format: str = "jpeg"
     quality: int = 85
+    fit: str = "contain"
+    gravity: str = "center"
+    background: str | None = None
+    enlarge: bool = False
 
     def key(self, renderer_version: int) -> str:
-        """Dedupe key of a rendition: every input that changes the output bytes, renderer version included."""
-        return f"{self.width}x{self.height}.{self.format}.q{self.quality}.r{renderer_version}"
+        """Dedupe key of a rendition: every input that changes the output bytes, renderer version included.
+
+        Options at their defaults add nothing, so the keys of renditions from before they existed still match."""
+        key = f"{self.width}x{self.height}.{self.format}.q{self.quality}.r{renderer_version}"
+        if self.fit != "contain":
+            key += f".{self.fit}"
+        if self.gravity != "center":
+            key += f".g-{self.gravity}"
+        if self.background is not None:
+            key += f".bg-{self.background}"
+        if self.enlarge:
+            key += ".up"
+        return key
+
+    @property
+    def is_plain(self) -> bool:
+        """Expressible in rendition v1 (width, height, format, quality only): older readers render it right."""
+        return (self.fit, self.gravity, self.background, self.enlarge) == ("contain", "center", None, False) \
+            and self.format != AUTO
+
+    @property
+    def encodings(self) -> tuple[Rendition, ...]:
+        """The concrete renditions to store: three for AUTO, else itself."""
+        if self.format != AUTO:
+            return (self,)
+        return tuple(replace(self, format=fmt) for fmt in AUTO_FORMATS)
+
+    @property
+    def served(self) -> Rendition:
+        """The encoding served when the client states no preference: JPEG for AUTO (every client takes it)."""
+        return replace(self, format="jpeg") if self.format == AUTO else self
 
     @property
     def content_type(self) -> str:
-        return CONTENT_TYPES[self.format]
+        return CONTENT_TYPES[self.served.format]
+
+
+MAX_RENDITIONS = 8
 
 
 @dataclass(frozen=True)
@@ -57,6 +108,11 @@ class Requested:
     rendition: Rendition = field(default_factory=Rendition)
     callback_url: str | None = None  # POSTed the task's outcome when it ends (the notifier stage)
     owner: str | None = None  # the API key that created the task, when the API requires keys
+    more_renditions: tuple[Rendition, ...] = ()  # after the first: all are rendered from one fetch
+
+    @property
+    def renditions(self) -> tuple[Rendition, ...]:
+        return (self.rendition, *self.more_renditions)
 
 
 @dataclass(frozen=True)
@@ -66,6 +122,11 @@ class Fetched:
     media_type: str
     image: bytes = field(repr=False)
     rendition: Rendition = field(default_factory=Rendition)
+    more_renditions: tuple[Rendition, ...] = ()
+
+    @property
+    def renditions(self) -> tuple[Rendition, ...]:
+        return (self.rendition, *self.more_renditions)
 
 
 @dataclass(frozen=True)
@@ -79,7 +140,21 @@ class Hashed:
 
 
 @dataclass(frozen=True)
+class Rendered:
+    """One rendition of a finished task: what was asked and what came out (for AUTO, the JPEG's type and size)."""
+
+    rendition: Rendition
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    deduplicated: bool  # every encoding of it was stored already: nothing was rendered
+
+
+@dataclass(frozen=True)
 class Completed:
+    """Every rendition of the task is stored; the flat fields describe the first (as they did when a task had one)."""
+
     source_sha256: str
     rendition: Rendition
     renderer_version: int
@@ -88,6 +163,18 @@ class Completed:
     height: int
     size_bytes: int
     deduplicated: bool
+    more_rendered: tuple[Rendered, ...] = ()
+
+    @property
+    def rendered(self) -> tuple[Rendered, ...]:
+        first = Rendered(self.rendition, self.content_type, self.width, self.height, self.size_bytes, self.deduplicated)
+        return (first, *self.more_rendered)
+
+    @staticmethod
+    def of(source_sha256: str, rendered: Sequence[Rendered], renderer_version: int) -> Completed:
+        first, *more = rendered
+        return Completed(source_sha256, first.rendition, renderer_version, first.content_type, first.width,
+                         first.height, first.size_bytes, first.deduplicated, tuple(more))
 
 
 @dataclass(frozen=True)
@@ -103,7 +190,13 @@ _PAYLOAD_TYPES: dict[str, type] = {
     REQUESTED: Requested, FETCHED: Fetched, HASHED: Hashed, COMPLETED: Completed, FAILED: Failed,
 }
 _TYPE_OF = {cls: name for name, cls in _PAYLOAD_TYPES.items()}
-WRITTEN_VERSIONS = {REQUESTED: 1, FETCHED: 2, HASHED: 1, COMPLETED: 1, FAILED: 1}
+# The versions written: the first for what the first could say, the second once a task has several renditions or
+# options a v1 reader would ignore (so an older reader dead-letters the event instead of rendering the wrong thing).
+WRITTEN_VERSIONS = {REQUESTED: (1, 2), FETCHED: (2, 3), HASHED: (1, 1), COMPLETED: (1, 2), FAILED: (1, 1)}
+
+
+def needs_renditions_list(renditions: Sequence[Rendition]) -> bool:
+    return len(renditions) > 1 or not renditions[0].is_plain
 
 
 def now_iso() -> str:
@@ -127,8 +220,14 @@ class Event:
 
     @property
     def version(self) -> int:
-        """The version this code writes (it reads older ones too)."""
-        return WRITTEN_VERSIONS[self.type]
+        """The version this code writes for this payload (it reads older ones too)."""
+        plain, extended = WRITTEN_VERSIONS[self.type]
+        payload = self.payload
+        if isinstance(payload, Requested | Fetched):
+            return extended if needs_renditions_list(payload.renditions) else plain
+        if isinstance(payload, Completed):
+            return extended if needs_renditions_list([r.rendition for r in payload.rendered]) else plain
+        return plain
 
     @property
     def key(self) -> bytes:
@@ -219,6 +318,41 @@ class TaskView:
     webhook_state: str | None = None  # None until the notifier records its first attempt
     webhook_attempts: int | None = None
     webhook_last_status: int | None = None
+    renditions: tuple[TaskRendition, ...] = ()  # a finished task's, in request order
+
+
+@dataclass(frozen=True)
+class TaskRendition:
+    """A finished task's rendition as its row keeps it: what came out, and where each of its encodings is stored."""
+
+    rendered: Rendered
+    keys: Mapping[str, str]  # format -> dedupe key of that encoding (three for AUTO)
+
+
+def renditions_column(done: Completed) -> str:
+    """The task row's `renditions` column (JSON) for a completed task."""
+    return json.dumps([
+        {**asdict(r), "keys": {e.format: e.key(done.renderer_version) for e in r.rendition.encodings}}
+        for r in done.rendered
+    ], separators=(",", ":"))
+
+
+def renditions_of_row(columns: Mapping[str, Any]) -> tuple[TaskRendition, ...]:
+    """A finished task's renditions from its row; a row written before the `renditions` column existed has one,
+    described by the flat columns."""
+    if columns.get("renditions"):
+        return tuple(_task_rendition(entry) for entry in json.loads(columns["renditions"]))
+    if not columns.get("rendition_key"):
+        return ()
+    asked = Rendition(**json.loads(columns["rendition"])) if columns.get("rendition") else Rendition()
+    rendered = Rendered(asked, columns["content_type"], columns["width"], columns["height"],
+                        columns.get("size_bytes") or 0, bool(columns.get("deduplicated")))
+    return (TaskRendition(rendered, {asked.served.format: columns["rendition_key"]}),)
+
+
+def _task_rendition(entry: dict[str, Any]) -> TaskRendition:
+    keys = entry.pop("keys")
+    return TaskRendition(Rendered(**{**entry, "rendition": Rendition(**entry["rendition"])}), keys)
 
 
 @dataclass(frozen=True)
@@ -254,7 +388,7 @@ class StoredThumbnail:
 
 
 TASK_COLUMNS = (
-    "source_url", "rendition", "source_sha256", "rendition_key", "content_type", "width", "height",
+    "source_url", "rendition", "renditions", "source_sha256", "rendition_key", "content_type", "width", "height",
     "size_bytes", "deduplicated", "error_code", "error_message", "created_at", "fetched_at", "completed_at",
     "owner", "callback_url",
 )

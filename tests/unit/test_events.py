@@ -16,7 +16,18 @@ from services.common.events import (
     schema_documents,
     schema_examples,
 )
-from services.common.model import Completed, Event, EventError, Failed, Fetched, Hashed, Record, Rendition, Requested
+from services.common.model import (
+    Completed,
+    Event,
+    EventError,
+    Failed,
+    Fetched,
+    Hashed,
+    Record,
+    Rendered,
+    Rendition,
+    Requested,
+)
 from services.projector.core import project
 from services.replay.core import parse_dead_letter
 
@@ -33,6 +44,9 @@ def _schema(name: str) -> dict:
     return schema_documents()[name]
 
 
+COVER = Rendition(200, 200, "webp", 80, fit="cover", gravity="smart")
+AUTO_PAD = Rendition(64, 64, "auto", fit="pad", background="00000080", enlarge=True)
+
 PRODUCED = [
     Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api"),
     Event(TASK, Requested("https://example.test/b.png", Rendition(300, 200, "webp", 70)), "api"),
@@ -41,6 +55,10 @@ PRODUCED = [
     Event(TASK, Hashed("http://127.0.0.1/a.jpg", SHA, "image/jpeg", 3), "fetcher"),
     Event(TASK, Completed(SHA, Rendition(), 1, "image/jpeg", 100, 75, 3000, True), "resizer"),
     Event(TASK, Failed("fetcher", "SOURCE_TIMEOUT", "slow", 4), "fetcher"),
+    Event(TASK, Requested("https://example.test/d.jpg", COVER, more_renditions=(Rendition(), AUTO_PAD)), "api"),
+    Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"\xff\xd8\xff", Rendition(), (COVER,)), "fetcher"),
+    Event(TASK, Completed.of(SHA, [Rendered(Rendition(), "image/jpeg", 100, 75, 3000, False),
+                                   Rendered(AUTO_PAD, "image/jpeg", 64, 64, 900, True)], 2), "resizer"),
 ]
 
 
@@ -51,6 +69,36 @@ def test_every_produced_event_validates_against_its_schema_file(event: Event) ->
     document = json.loads(headers.get(EVENT_HEADER, record.value))
     jsonschema.Draft202012Validator(_schema(f"{event.type}.v{event.version}.json"), registry=_registry()).validate(document)
     assert decode(record.value, record.headers) == event
+
+
+@pytest.mark.parametrize("renditions,version", [
+    ((Rendition(),), 1),
+    ((Rendition(640, 480, "avif", 60),), 1),  # new values of old fields keep v1 (avif was added in place)
+    ((Rendition(), Rendition(200, 200)), 2),
+    ((Rendition(fit="pad"),), 2),
+    ((Rendition(format="auto"),), 2),
+    ((Rendition(enlarge=True),), 2),
+])
+def test_a_request_is_written_in_the_oldest_version_that_can_say_it(renditions: tuple, version: int) -> None:
+    requested = Event(TASK, Requested("http://127.0.0.1/a.jpg", renditions[0], more_renditions=renditions[1:]), "api")
+    document = json.loads(encode(requested).value)
+    assert document["version"] == version
+    if version == 1:  # exactly what a reader of v1 knows: it renders what was asked
+        assert set(document["payload"]["rendition"]) == {"width", "height", "format", "quality"}
+    else:  # a v1 reader has no schema for it: it dead-letters the record instead of rendering the wrong thing
+        assert [Rendition(**r) for r in document["payload"]["renditions"]] == list(renditions)
+
+
+def test_a_plain_rendition_keeps_the_dedupe_key_it_had_before_fit_modes() -> None:
+    assert Rendition().key(1) == "100x100.jpeg.q85.r1"
+    assert Rendition(50, 60, "png", 90, "cover", "north", "ff0000", True).key(3) == "50x60.png.q90.r3.cover.g-north.bg-ff0000.up"
+
+
+def test_gravity_without_cover_violates_the_rendition_schema() -> None:
+    document = json.loads(encode(Event(TASK, Requested("http://127.0.0.1/a.jpg", COVER), "api")).value)
+    document["payload"]["renditions"][0]["fit"] = "pad"
+    with pytest.raises(EventError, match="schema violation at payload/renditions/0"):
+        decode(json.dumps(document).encode())
 
 
 def test_a_fetched_event_carries_the_image_as_the_record_value() -> None:
@@ -91,7 +139,7 @@ def test_every_schema_example_parses_through_the_code(name: str, example: dict) 
     if name == "thumbnail.dlq.v1.json":
         jsonschema.Draft202012Validator(_schema(name)).validate(example)
         return
-    if example["type"] == "thumbnail.fetched" and example["version"] == 2:
+    if example["type"] == "thumbnail.fetched" and example["version"] >= 2:
         event = decode(b"\0" * example["payload"]["image_size"], [(EVENT_HEADER, raw)])
     else:
         event = decode(raw)
@@ -142,7 +190,7 @@ def test_a_request_with_a_callback_and_an_owner_round_trips_and_projects_them() 
         (b"", "empty"),
         (b"\xff\xfe", "not JSON"),
         (b"[1,2]", "JSON object"),
-        (b'{"type":"thumbnail.requested","version":2}', "unknown event type/version"),
+        (b'{"type":"thumbnail.requested","version":9}', "unknown event type/version"),
         (b'{"type":"thumbnail.exploded","version":1}', "unknown event type/version"),
         (json.dumps({"event_id": "x", "type": "thumbnail.requested", "version": 1, "task_id": TASK,
                      "payload": {"source_url": "http://a/"}}).encode(), "event_id"),
