@@ -5,7 +5,10 @@ import re
 
 from .errors import ErrorCode, PermanentError
 
-ACCEPTED = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff")
+ACCEPTED = (
+    "image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff", "image/avif", "image/heic",
+    "image/heif",
+)
 
 # Signatures of raster formats we decode, checked at offset 0.
 _RASTER: tuple[tuple[bytes, str], ...] = (
@@ -42,15 +45,16 @@ _UNSUPPORTED: tuple[tuple[bytes, str], ...] = (
     (b"\xc5\xd0\xd3\xc6", "EPS"),
 )
 
+# ISO base media files name their kind by the major brand at offset 8 of the `ftyp` box, then compatible brands.
 # AVIF stills and sequences (Pillow decodes them with libavif); only the first frame is rendered.
 _AVIF_BRANDS = (b"avif", b"avis")
-# Other ISO base media (HEIF family) brands at offset 8 of an `ftyp` box; other brands are video or documents.
-_FTYP_BRANDS = {
-    b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
-    b"hevc": "HEIC", b"hevx": "HEIC", b"hevm": "HEIC", b"hevs": "HEIC",
-    b"mif1": "HEIF", b"msf1": "HEIF",
-    b"jxl ": "JPEG XL", b"crx ": "Canon CR3 raw",
-}
+# HEVC-coded HEIF (pillow-heif decodes them with libheif); only the primary image is rendered.
+_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs")
+# The generic HEIF brands: the codec is not named. Usually HEVC; an AVIF may also carry one as its major brand
+# and list `avif` among its compatible brands.
+_HEIF_BRANDS = (b"mif1", b"msf1")
+# Other ISO base media brands we recognise but do not decode; the rest are video or documents.
+_FTYP_BRANDS = {b"jxl ": "JPEG XL", b"crx ": "Canon CR3 raw"}
 
 _NETPBM = re.compile(rb"P[1-7]\s+(#[^\n]*\n\s*)*\d")
 _SVG_HEAD = 1024  # an SVG root element appears after at most an XML declaration, comments and a doctype
@@ -65,14 +69,33 @@ def sniff(data: bytes) -> str:
             return media_type
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    if data[4:8] == b"ftyp" and data[8:12] in _AVIF_BRANDS:
-        return "image/avif"
+    if data[4:8] == b"ftyp":
+        iso_media = _iso_media_type(data)
+        if iso_media:
+            return iso_media
     if _is_bmp(data):
         return "image/bmp"
     unsupported = _unsupported_name(data)
     if unsupported:
         raise PermanentError(ErrorCode.UNSUPPORTED_FORMAT, f"{unsupported} images are not supported")
     raise PermanentError(ErrorCode.NOT_AN_IMAGE, f"the source is not an image (starts with {data[:16]!r})")
+
+
+def _iso_media_type(data: bytes) -> str | None:
+    major = data[8:12]
+    if major in _AVIF_BRANDS or (major in _HEIF_BRANDS and any(b in _AVIF_BRANDS for b in _compatible_brands(data))):
+        return "image/avif"
+    if major in _HEIC_BRANDS:
+        return "image/heic"
+    if major in _HEIF_BRANDS:
+        return "image/heif"
+    return None
+
+
+def _compatible_brands(data: bytes) -> list[bytes]:
+    """The brands listed after the major brand and its version, within the `ftyp` box (and the sniffed bytes)."""
+    end = min(int.from_bytes(data[:4], "big"), len(data), 1024)
+    return [data[at:at + 4] for at in range(16, end - 3, 4)]
 
 
 def _is_bmp(data: bytes) -> bool:

@@ -1,8 +1,11 @@
+from io import BytesIO
+
+import pillow_heif
 import pytest
 from PIL import Image
 
 from services.common.errors import ErrorCode, PermanentError
-from services.common.media import sniff
+from services.common.media import ACCEPTED, sniff
 from tests.unit.samples import encode, gradient
 
 
@@ -31,7 +34,8 @@ def test_empty_source() -> None:
     [
         (b'<?xml version="1.0"?>\n<!-- logo -->\n<svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
         (b"\xef\xbb\xbf  <svg width='10' height='10'><script>alert(1)</script></svg>", "SVG"),
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),
+        (b"\x00\x00\x00\x14ftypjxl \x00\x00\x00\x00jxl ", "JPEG XL"),
+        (b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom", "Canon CR3 raw"),
         (b"\x00\x00\x01\x00\x01\x00\x10\x10\x00\x00", "ICO"),
         (b"8BPS\x00\x01\x00\x00\x00\x00\x00\x00", "PSD"),
         (b"\x00\x00\x00\x0cjP  \r\n\x87\n\x00\x00\x00\x14ftypjp2 ", "JPEG 2000"),
@@ -75,3 +79,45 @@ def test_only_the_first_bytes_matter() -> None:
 @pytest.mark.parametrize("brand", [b"avif", b"avis"])
 def test_avif_stills_and_sequences_are_decoded(brand: bytes) -> None:
     assert sniff(b"\x00\x00\x00\x1cftyp" + brand + b"\x00\x00\x00\x00avifmif1") == "image/avif"
+
+
+def ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """The start of an ISO base media file: its `ftyp` box, then the start of the next box."""
+    body = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body + b"\x00\x00\x01\x00meta"
+
+
+@pytest.mark.parametrize("brand", [b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"])
+def test_heic_brands_are_heic(brand: bytes) -> None:
+    assert sniff(ftyp(brand, b"mif1", brand)) == "image/heic"
+
+
+@pytest.mark.parametrize("brand", [b"mif1", b"msf1"])
+def test_generic_heif_brands_are_heif(brand: bytes) -> None:
+    assert sniff(ftyp(brand, b"mif1", b"heic", b"miaf")) == "image/heif"
+    assert sniff(ftyp(brand)) == "image/heif"
+
+
+@pytest.mark.parametrize("brand", [b"mif1", b"msf1"])
+def test_a_generic_heif_brand_naming_avif_compatibility_is_avif(brand: bytes) -> None:
+    # libavif (Pillow's AVIF plugin) decodes these; libheif here has no AV1 decoder.
+    assert sniff(ftyp(brand, b"mif1", b"avif", b"miaf")) == "image/avif"
+
+
+def test_compatible_brands_are_read_only_inside_the_ftyp_box() -> None:
+    # `avif` in the next box is not a compatible brand.
+    assert sniff(ftyp(b"mif1", b"miaf") + b"avif") == "image/heif"
+
+
+def test_a_heic_encoded_by_libheif_is_heic() -> None:
+    out = BytesIO()
+    pillow_heif.from_pillow(gradient((16, 8))).save(out)
+    assert sniff(out.getvalue()) == "image/heic"
+
+
+def test_avif_encoded_by_pillow_is_still_avif() -> None:
+    assert sniff(encode(gradient((16, 8)), "AVIF")) == "image/avif"
+
+
+def test_heic_and_heif_are_accepted() -> None:
+    assert {"image/heic", "image/heif", "image/avif"} <= set(ACCEPTED)
