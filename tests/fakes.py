@@ -10,7 +10,17 @@ from datetime import datetime
 from typing import Any
 
 from services.common.kafka import PublishError
-from services.common.model import TASK_COLUMNS, ApiKey, Event, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView, WebhookDelivery
+from services.common.model import (
+    TASK_COLUMNS,
+    ApiKey,
+    Event,
+    IdempotencyClaim,
+    StoredThumbnail,
+    TaskUpdate,
+    TaskView,
+    WebhookDelivery,
+    renditions_of_row,
+)
 from services.common.status import Status
 
 WEBHOOK_COLUMNS = ("webhook_state", "webhook_attempts", "webhook_last_status")
@@ -47,6 +57,7 @@ class FakeTasks:
             error_code=value["error_code"], error_message=value["error_message"], owner=value["owner"],
             callback_url=value["callback_url"], webhook_state=value["webhook_state"],
             webhook_attempts=value["webhook_attempts"], webhook_last_status=value["webhook_last_status"],
+            renditions=renditions_of_row(value),
         )
 
     async def record_webhook(self, delivery: WebhookDelivery) -> None:

@@ -106,6 +106,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         PRIMARY KEY ((name, minute), process)
         ) WITH default_time_to_live = 180""",
     )),
+    # A finished task's renditions (JSON, in request order); rows without it have one, in the flat columns.
+    Migration(6, "task renditions column", (
+        "ALTER TABLE {keyspace}.tasks ADD IF NOT EXISTS renditions text",
+    )),
 )
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (

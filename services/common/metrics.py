@@ -11,8 +11,8 @@ EVENTS_IN = Counter("thumbs_events_in_total", "Records consumed, by stage and to
 EVENTS_OUT = Counter("thumbs_events_out_total", "Events produced, by stage and event type.", ["stage", "type"])
 FAILURES = Counter("thumbs_failures_total", "Tasks failed, by stage and error code.", ["stage", "code"])
 RETRIES = Counter("thumbs_retries_total", "Transient failures scheduled for another attempt.", ["stage"])
-RESIZES = Counter("thumbs_resizes_total", "Thumbnails rendered (dedupe misses).")
-DEDUPE_HITS = Counter("thumbs_dedupe_hits_total", "Tasks answered from an existing thumbnail.")
+RESIZES = Counter("thumbs_resizes_total", "Renditions rendered (dedupe misses).")
+DEDUPE_HITS = Counter("thumbs_dedupe_hits_total", "Renditions answered from existing thumbnails.")
 DEAD_LETTERS = Counter("thumbs_dead_letters_total", "Records sent to the dead-letter topic.", ["stage", "topic"])
 INFRA_RETRIES = Counter("thumbs_infrastructure_retries_total", "Records retried because Kafka or Cassandra failed.", ["stage"])
 STAGE_SECONDS = Histogram(
@@ -79,7 +79,8 @@ def count_outputs(stage: str, outputs: list[Outgoing]) -> None:
         if isinstance(payload, Failed):
             FAILURES.labels(stage, payload.code).inc()
         elif isinstance(payload, Completed):
-            (DEDUPE_HITS if payload.deduplicated else RESIZES).inc()
+            for rendered in payload.rendered:
+                (DEDUPE_HITS if rendered.deduplicated else RESIZES).inc()
 
 
 _process = {"stage": ""}

@@ -12,7 +12,16 @@ from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
 from .cassandra import execute
-from .model import TASK_COLUMNS, ApiKey, IdempotencyClaim, StoredThumbnail, TaskUpdate, TaskView, WebhookDelivery
+from .model import (
+    TASK_COLUMNS,
+    ApiKey,
+    IdempotencyClaim,
+    StoredThumbnail,
+    TaskUpdate,
+    TaskView,
+    WebhookDelivery,
+    renditions_of_row,
+)
 from .status import Status
 
 
@@ -25,7 +34,8 @@ class TaskRepository:
         self._ping = session.prepare("SELECT release_version FROM system.local")
         self._get = session.prepare(
             f"SELECT task_id, status, source_url, source_sha256, rendition_key, content_type, width, height, "
-            f"error_code, error_message, owner, callback_url, webhook_state, webhook_attempts, webhook_last_status "
+            f"error_code, error_message, owner, callback_url, webhook_state, webhook_attempts, webhook_last_status, "
+            f"rendition, renditions, size_bytes, deduplicated "
             f"FROM {keyspace}.tasks WHERE task_id = ?"
         )
         self._webhook = session.prepare(
@@ -64,6 +74,7 @@ class TaskRepository:
             width=row.width, height=row.height, error_code=row.error_code, error_message=row.error_message,
             owner=row.owner, callback_url=row.callback_url, webhook_state=row.webhook_state,
             webhook_attempts=row.webhook_attempts, webhook_last_status=row.webhook_last_status,
+            renditions=renditions_of_row(row._asdict()),
         )
 
     async def record_webhook(self, delivery: WebhookDelivery) -> None:

@@ -61,7 +61,7 @@ async def handle_requested(
     except ThumbsError as exc:
         return [_failed(event, exc, attempt)]
     # A known image is answered here: its bytes need not travel through Kafka to the resizer again.
-    hit = await existing(thumbnails, download.sha256, payload.rendition, renderer_version)
+    hit = await existing(thumbnails, download.sha256, payload.renditions, renderer_version)
     if hit is not None:
         return [Outgoing(event.follow(hit, STAGE))]
     fetched = Fetched(
@@ -70,6 +70,7 @@ async def handle_requested(
         media_type=media_type,
         image=download.data,
         rendition=payload.rendition,
+        more_renditions=payload.more_renditions,
     )
     # The projector only records that the task got this far: it is told so without the image, which
     # would otherwise travel from the brokers to it too (half of all consumer traffic).

@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from services.common.model import Completed, Event, Failed, Fetched, Hashed, Requested, TaskUpdate
+from services.common.model import Completed, Event, Failed, Fetched, Hashed, Requested, TaskUpdate, renditions_column
 from services.common.status import Status
 
 
@@ -22,7 +22,8 @@ def project(event: Event) -> TaskUpdate:
     if isinstance(payload, Completed):
         columns = {
             "source_sha256": payload.source_sha256,
-            "rendition_key": payload.rendition.key(payload.renderer_version),
+            "rendition_key": payload.rendition.served.key(payload.renderer_version),
+            "renditions": renditions_column(payload),
             "content_type": payload.content_type,
             "width": payload.width,
             "height": payload.height,

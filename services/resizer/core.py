@@ -1,15 +1,20 @@
-"""Resizer core: a thumbnail.fetched event in; a completed (rendered or deduplicated) or failed event out."""
+"""Resizer core: a thumbnail.fetched event in; a completed (rendered or deduplicated) or failed event out.
+
+Every rendition of the task comes from the one source: the encodings not stored yet are rendered together
+(one decode), and each is stored under its own key.
+"""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from services.common.dedupe import completed, existing
+from services.common.dedupe import completed, encodings_of, stored
 from services.common.errors import ThumbsError
 from services.common.model import Event, EventError, Failed, Fetched, Outgoing, Rendition, StoredThumbnail
 from services.common.ports import Thumbnails
 
 STAGE = "resizer"
-Render = Callable[[bytes, Rendition], Awaitable[StoredThumbnail]]
+Render = Callable[[bytes, Sequence[Rendition]], Awaitable[list[StoredThumbnail]]]
 
 
 async def handle_fetched(
@@ -18,13 +23,18 @@ async def handle_fetched(
     payload = event.payload
     if not isinstance(payload, Fetched):
         raise EventError(f"{event.type} does not belong on the fetched topic")
-    hit = await existing(thumbnails, payload.source_sha256, payload.rendition, renderer_version)
-    if hit is not None:
-        return [Outgoing(event.follow(hit, STAGE))]
-    try:
-        stored = await render(payload.image, payload.rendition)
-    except ThumbsError as exc:
-        return [Outgoing(event.follow(Failed(STAGE, exc.code.value, exc.message), STAGE))]
-    await thumbnails.put(payload.source_sha256, payload.rendition.key(renderer_version), stored)
-    rendered = completed(payload.source_sha256, payload.rendition, renderer_version, stored, deduplicated=False)
-    return [Outgoing(event.follow(rendered, STAGE))]
+    encodings = encodings_of(payload.renditions)
+    known = await stored(thumbnails, payload.source_sha256, encodings, renderer_version)
+    missing = [encoding for encoding in encodings if encoding not in known]
+    if missing:
+        try:
+            made = await render(payload.image, missing)
+        except ThumbsError as exc:
+            return [Outgoing(event.follow(Failed(STAGE, exc.code.value, exc.message), STAGE))]
+        await asyncio.gather(*(
+            thumbnails.put(payload.source_sha256, encoding.key(renderer_version), thumbnail)
+            for encoding, thumbnail in zip(missing, made, strict=True)
+        ))
+        known.update(zip(missing, made, strict=True))
+    outcome = completed(payload.source_sha256, payload.renditions, renderer_version, known, rendered_now=missing)
+    return [Outgoing(event.follow(outcome, STAGE))]

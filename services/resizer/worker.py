@@ -6,7 +6,7 @@ import ctypes
 import multiprocessing
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
@@ -24,12 +24,12 @@ from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings
 
 from .core import STAGE, Render, handle_fetched
-from .imaging import make_thumbnail
+from .imaging import make_thumbnails
 
 
-def render_in_worker(data: bytes, rendition: Rendition, max_pixels: int, max_frames: int) -> StoredThumbnail:
-    thumbnail = make_thumbnail(data, rendition, max_pixels=max_pixels, max_frames=max_frames)
-    return StoredThumbnail(thumbnail.content_type, thumbnail.width, thumbnail.height, len(thumbnail.data), thumbnail.data)
+def render_in_worker(data: bytes, renditions: Sequence[Rendition], max_pixels: int, max_frames: int) -> list[StoredThumbnail]:
+    thumbnails = make_thumbnails(data, renditions, max_pixels=max_pixels, max_frames=max_frames)
+    return [StoredThumbnail(t.content_type, t.width, t.height, len(t.data), t.data) for t in thumbnails]
 
 
 def die_with_parent() -> None:
@@ -59,8 +59,8 @@ class ProcessRenderer:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    async def __call__(self, data: bytes, rendition: Rendition) -> StoredThumbnail:
-        job = partial(render_in_worker, data, rendition, *self._limits)
+    async def __call__(self, data: bytes, renditions: Sequence[Rendition]) -> list[StoredThumbnail]:
+        job = partial(render_in_worker, data, renditions, *self._limits)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
         except BrokenProcessPool:

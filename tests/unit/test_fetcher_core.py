@@ -110,3 +110,21 @@ async def test_known_content_completes_at_the_fetcher_without_shipping_bytes() -
     # another renderer version is another rendition: the bytes go on to the resizer
     [again, _hashed] = await handle_requested(_request(), {}, Source(data), RetryPolicy(), thumbnails, 4)
     assert isinstance(again.event.payload, Fetched)
+
+
+async def test_a_task_of_several_renditions_is_answered_here_only_when_every_one_is_stored() -> None:
+    data, thumbnails = _png(), FakeThumbnails()
+    sha = hashlib.sha256(data).hexdigest()
+    small, auto = Rendition(64, 64, "png", 80), Rendition(32, 32, "auto", fit="cover")
+    request = Event(TASK, Requested("http://127.0.0.2/a.png", small, more_renditions=(auto,)), "api")
+    thumbnails.rows[(sha, small.key(1))] = StoredThumbnail("image/png", 64, 48, 10, b"x" * 10)
+    for encoding in auto.encodings[:2]:  # AVIF and WebP stored, JPEG not: the source goes on, with every rendition
+        thumbnails.rows[(sha, encoding.key(1))] = StoredThumbnail(encoding.content_type, 32, 32, 5, b"y" * 5)
+    [fetched, _hashed] = await handle_requested(request, {}, Source(data), RetryPolicy(), thumbnails, 1)
+    assert isinstance(fetched.event.payload, Fetched) and fetched.event.payload.renditions == (small, auto)
+    thumbnails.rows[(sha, auto.served.key(1))] = StoredThumbnail("image/jpeg", 32, 32, 7, b"z" * 7)
+    [out] = await handle_requested(request, {}, Source(data), RetryPolicy(), thumbnails, 1)
+    done = out.event.payload
+    assert isinstance(done, Completed)
+    assert [(r.content_type, r.size_bytes, r.deduplicated) for r in done.rendered] == [
+        ("image/png", 10, True), ("image/jpeg", 7, True)]
