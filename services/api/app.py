@@ -29,7 +29,7 @@ from swagger_ui_bundle import swagger_ui_path
 from services.common import tracing
 from services.common.kafka import PublishError
 from services.common.metrics import HELD_REQUESTS, STAGE_READY, identify
-from services.common.model import Event, IdempotencyClaim, Requested, StoredThumbnail, TaskView
+from services.common.model import AUTO, Event, IdempotencyClaim, Requested, StoredThumbnail, TaskView
 from services.common.ports import IdempotencyKeys, Tasks, Thumbnails
 from services.common.settings import Settings
 from services.common.status import Status
@@ -41,9 +41,17 @@ from .backlog_watch import LagReader, refuse_when_full, start_watching
 from .backpressure import Backlog
 from .callbacks import CallbackCheck
 from .metrics import HttpMetrics
+from .negotiation import negotiated_format
 from .openapi import DOCS_HTML, openapi_spec
 from .task_events import StreamEvent, StreamSlots, TaskWatch, error_body, status_body
-from .validation import MAX_BODY_BYTES, ApiError, parse_task_id, parse_thumbnail_request, parse_wait
+from .validation import (
+    MAX_BODY_BYTES,
+    ApiError,
+    parse_rendition_index,
+    parse_task_id,
+    parse_thumbnail_request,
+    parse_wait,
+)
 
 log = logging.getLogger(__name__)
 READY = STAGE_READY.labels("api")
@@ -151,7 +159,7 @@ async def submit(request: Request) -> Response:
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
-    source_url, rendition, callback_url = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
+    source_url, renditions, callback_url = parse_thumbnail_request(request.headers.get("content-type", ""), bytes(body))
     wait = parse_wait(request.query_params.get("wait"))
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     # With keys, each key signs its own webhooks (the secret `thumbs keys create` printed).
@@ -159,7 +167,7 @@ async def submit(request: Request) -> Response:
     refuse_when_full(request.app.state.backlog)  # after validation: bad input gets its 4xx, not an invitation to retry
     event_id = str(uuid.uuid4())
     event = Event(
-        task_id=str(uuid.uuid4()), payload=Requested(source_url, rendition, callback_url, owner=caller.name if caller else None),
+        task_id=str(uuid.uuid4()), payload=Requested(source_url, renditions[0], callback_url, caller.name if caller else None, renditions[1:]),
         producer="api",
         event_id=event_id, correlation_id=event_id,
     )
@@ -262,16 +270,22 @@ async def _task(request: Request) -> TaskView:
     return view
 
 
-async def _thumbnail(request: Request, view: TaskView) -> StoredThumbnail:
-    assert view.source_sha256 and view.rendition_key
+async def _thumbnail(request: Request, view: TaskView, key: str) -> StoredThumbnail:
+    assert view.source_sha256
     try:
-        stored: StoredThumbnail | None = await request.app.state.thumbnails.find(view.source_sha256, view.rendition_key)
+        stored: StoredThumbnail | None = await request.app.state.thumbnails.find(view.source_sha256, key)
     except Exception as exc:  # noqa: BLE001
         log.warning("thumbnail lookup failed: %s", exc)
         raise ApiError(503, "UNAVAILABLE", "the thumbnail store is unavailable", {"Retry-After": "5"}) from None
     if stored is None:
         raise ApiError(404, "THUMBNAIL_GONE", "the thumbnail of this task is no longer stored")
     return stored
+
+
+async def _served_thumbnails(request: Request, view: TaskView) -> list[StoredThumbnail]:
+    """Each rendition's thumbnail in the encoding served by default, read at once."""
+    keys = [r.keys[r.rendered.rendition.served.format] for r in view.renditions]
+    return list(await asyncio.gather(*(_thumbnail(request, view, key) for key in keys)))
 
 
 async def status(request: Request) -> Response:
@@ -284,7 +298,7 @@ async def status(request: Request) -> Response:
 
 async def _status_response(request: Request, view: TaskView, headers: dict[str, str] | None = None) -> Response:
     if view.status is Status.SUCCESS:
-        return JSONResponse(status_body(view, await _thumbnail(request, view)), 200, headers)
+        return JSONResponse(status_body(view, await _served_thumbnails(request, view)), 200, headers)
     if view.status is Status.FAILURE:
         return JSONResponse(status_body(view), 200, headers)
     return JSONResponse(status_body(view), 202, {**(headers or {}), "Retry-After": "1"})
@@ -378,12 +392,17 @@ async def file(request: Request) -> Response:
         return error_response(422, code, message)
     if view.status is not Status.SUCCESS:
         return error_response(202, "IN_PROGRESS", "the thumbnail is not ready yet", {"Retry-After": "1"})
+    chosen = view.renditions[parse_rendition_index(request.query_params.get("rendition"), len(view.renditions))]
+    fmt = negotiated_format(chosen, request.headers.get("accept", ""))
+    key = chosen.keys[fmt]
     # Content-addressed: the bytes of (source content, rendition, renderer version) never change.
-    etag = f'"{view.source_sha256}.{view.rendition_key}"'
+    etag = f'"{view.source_sha256}.{key}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    if chosen.rendered.rendition.format == AUTO:
+        headers["Vary"] = "Accept"  # one URL, several bodies: caches must key on what the client accepts
     if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
-    stored = await _thumbnail(request, view)
+    stored = await _thumbnail(request, view, key)
     return Response(stored.data, 200, headers, media_type=stored.content_type)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
+from services.common.events import rendition_document
 from services.common.model import IdempotencyClaim, Requested
 
 from .validation import ApiError
@@ -45,7 +45,10 @@ def parse_key(value: str | None) -> str | None:
 def fingerprint(request: Requested) -> str:
     """The request as parsed, not as sent: key order, spacing and spelt-out defaults do not make it another request.
     The owner is left out: it is the key's scope already."""
-    document: dict[str, object] = {"source_url": request.source_url, "rendition": asdict(request.rendition)}
+    # A plain rendition as v1 wrote it, so claims made before fit modes existed still match.
+    document: dict[str, object] = {"source_url": request.source_url, "rendition": rendition_document(request.rendition)}
+    if request.more_renditions:
+        document["more_renditions"] = [rendition_document(r) for r in request.more_renditions]
     if request.callback_url is not None:  # only when set, so claims made before callbacks existed still match
         document["callback_url"] = request.callback_url
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from services.common.model import FORMATS
+from services.common.model import AUTO, FITS, FORMATS, GRAVITIES, MAX_RENDITIONS
 
 from .validation import MAX_EDGE, MAX_URL_LENGTH
 
@@ -38,7 +38,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Malformed input (invalid JSON, malformed task id).",
         401: "THUMBS_AUTH=required and no valid API key was sent.",
         403: "The API key was revoked.",
-        404: "Unknown task (or another key's).",
+        404: "Unknown task (or another key's); GET /thumbnail/file: also RENDITION_NOT_FOUND.",
         429: "Over the API key's rate; retry after Retry-After seconds (RateLimit-* headers say more).",
         413: "Request body over 16 KiB.",
         415: "Body is not application/json.",
@@ -64,6 +64,31 @@ def openapi_spec() -> dict[str, Any]:
         "source_sha256": {"type": "string"},
         "error": {"$ref": "#/components/schemas/ErrorDetail"},
         "webhook": {"$ref": "#/components/schemas/WebhookDelivery"},
+        "renditions": {"type": "array", "items": {"$ref": "#/components/schemas/RenditionResult"},
+                       "description": "SUCCESS: every rendition, in request order (the top-level fields repeat the first)."},
+    }
+    rendition_props: dict[str, Any] = {
+        "width": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
+        "height": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
+        "format": {"type": "string", "enum": [*FORMATS, AUTO], "default": "jpeg",
+                   "description": "`auto`: AVIF, WebP and JPEG, GET /thumbnail/file choosing by the Accept header."},
+        "quality": {"type": "integer", "minimum": 1, "maximum": 95, "default": 85},
+        "fit": {"type": "string", "enum": list(FITS), "default": "contain",
+                "description": "`contain`: inside the box, aspect kept; `cover`: exactly the box, cropped by `gravity`; "
+                               "`pad`: exactly the box, the picture letterboxed on `background`."},
+        "gravity": {"type": "string", "enum": list(GRAVITIES), "default": "center",
+                    "description": "Where `cover` crops (only with it); `smart`: the most detailed part."},
+        "background": {"type": "string", "pattern": "^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$", "example": "#ffffff",
+                       "description": "Behind transparent parts and padding; unset: transparent where the format "
+                                      "has alpha, white in JPEG."},
+        "enlarge": {"type": "boolean", "default": False,
+                    "description": "Scale a source smaller than the box up (`cover` without it: the largest crop "
+                                   "of the box's shape the source holds)."},
+    }
+    gravity_needs_cover = {
+        "description": "422: gravity other than center needs fit cover.",
+        "anyOf": [{"not": {"required": ["gravity"]}}, {"properties": {"gravity": {"enum": ["center"]}}},
+                  {"required": ["fit"], "properties": {"fit": {"enum": ["cover"]}}}],
     }
     url_pattern = ("^[\\u0000-\\u0020]*[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\s\\u0000-\\u0020\\u007f]+"
                    "[^\\s\\u0000-\\u0020\\u007f]*[\\u0000-\\u0020]*$")
@@ -112,12 +137,25 @@ def openapi_spec() -> dict[str, Any]:
             "/thumbnail/file": {
                 "get": {
                     "summary": "The thumbnail's bytes",
-                    "parameters": [UUID_PARAM, {"name": "If-None-Match", "in": "header", "required": False,
-                                                "schema": {"type": "string"}}],
+                    "parameters": [
+                        UUID_PARAM,
+                        {"name": "rendition", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_RENDITIONS - 1, "default": 0},
+                         "description": "Which of the task's renditions, from 0 in request order; past the last: 404 "
+                                        "RENDITION_NOT_FOUND."},
+                        {"name": "Accept", "in": "header", "required": False, "schema": {"type": "string"},
+                         "example": "image/avif,image/webp,*/*",
+                         "description": "For a `format: auto` rendition: AVIF if named, else WebP if named, else JPEG "
+                                        "(wildcards choose JPEG)."},
+                        {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+                    ],
                     "responses": {
                         "200": {
                             "description": "The image.",
-                            "headers": {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}},
+                            "headers": {"ETag": {"schema": {"type": "string"}, "description": "One per encoding."},
+                                        "Cache-Control": {"schema": {"type": "string"}},
+                                        "Vary": {"schema": {"type": "string"},
+                                                 "description": "`Accept`, for a `format: auto` rendition."}},
                             "content": {f"image/{f}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS},
                         },
                         "202": _json("Error", "In progress.", RETRY_AFTER),
@@ -181,13 +219,18 @@ def openapi_spec() -> dict[str, Any]:
                 "ThumbnailRequest": {
                     "type": "object",
                     "required": ["source_image_url"],
+                    "description": "One rendition from the top-level fields (all optional: a 100x100 JPEG by default), "
+                                   "or 1 to 8 in `renditions`, all made from one fetch of the source; not both.",
                     "properties": {
                         "source_image_url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH,
                                              "pattern": url_pattern, "example": "http://127.0.0.2:8000/cat.jpg"},
-                        "width": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
-                        "height": {"type": "integer", "minimum": 1, "maximum": MAX_EDGE, "default": 100},
-                        "format": {"type": "string", "enum": list(FORMATS), "default": "jpeg"},
-                        "quality": {"type": "integer", "minimum": 1, "maximum": 95, "default": 85},
+                        **rendition_props,
+                        "renditions": {"type": "array", "minItems": 1, "maxItems": MAX_RENDITIONS,
+                                       "items": {"$ref": "#/components/schemas/Rendition"},
+                                       "example": [{"width": 100, "height": 100},
+                                                   {"width": 200, "height": 200, "format": "webp", "fit": "cover",
+                                                    "gravity": "smart"},
+                                                   {"width": 64, "height": 64, "format": "auto", "fit": "pad"}]},
                         "callback_url": {
                             "type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH, "pattern": url_pattern,
                             "example": "https://example.com/thumbs-hook",
@@ -195,6 +238,29 @@ def openapi_spec() -> dict[str, Any]:
                                            "422 WEBHOOKS_DISABLED without a signing secret, CALLBACK_FORBIDDEN_ADDRESS for "
                                            "a host that is not public.",
                         },
+                    },
+                    "allOf": [gravity_needs_cover, {
+                        "description": "422 CONFLICTING_FIELDS: renditions and a top-level rendition field together.",
+                        "anyOf": [{"not": {"required": ["renditions"]}},
+                                  {"allOf": [{"not": {"required": [name]}} for name in rendition_props]}],
+                    }],
+                },
+                "Rendition": {
+                    "type": "object", "properties": rendition_props, "allOf": [gravity_needs_cover],
+                    "description": "Every field optional: a 100x100 JPEG fitted inside the box by default.",
+                },
+                "RenditionResult": {
+                    "type": "object", "required": ["rendition", "content_type", "width", "height", "deduplicated"],
+                    "properties": {
+                        "rendition": {"type": "object", "description": "The rendition as asked, defaults spelt out."},
+                        "content_type": {"type": "string", "description": "image/jpeg for `format: auto`."},
+                        "width": {"type": "integer", "description": "Of the thumbnail made."},
+                        "height": {"type": "integer"},
+                        "deduplicated": {"type": "boolean", "description": "Stored already: nothing was rendered."},
+                        "formats": {"type": "array", "items": {"type": "string"},
+                                    "description": "`format: auto`: the encodings GET /thumbnail/file chooses from."},
+                        "base64_thumbnail_data": {"type": "string", "format": "byte",
+                                                  "description": "JPEG for `format: auto`."},
                     },
                 },
                 "WebhookDelivery": {

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 from services.common.backoff import backoff_seconds
-from services.common.model import StoredThumbnail, TaskView
+from services.common.model import AUTO, StoredThumbnail, TaskRendition, TaskView
 from services.common.status import Status
 
 FIRST_POLL_SECONDS = 0.1
@@ -24,28 +24,46 @@ def webhook_of(view: TaskView) -> dict[str, object]:
             "last_status": view.webhook_last_status}
 
 
-def status_body(view: TaskView, stored: StoredThumbnail | None = None) -> dict[str, object]:
-    """The task as GET /thumbnail shows it; the thumbnail's bytes (base64) only when `stored` is given.
+def status_body(view: TaskView, stored: Sequence[StoredThumbnail] | None = None) -> dict[str, object]:
+    """The task as GET /thumbnail shows it; the thumbnails' bytes (base64) only when `stored` (one per rendition,
+    the encoding served by default) is given.
 
-    Without `stored`, a finished task's content type and size come from its row, which the projector
-    writes with the same values the stored thumbnail has.
+    The top-level fields describe the first rendition, as they did when a task had one; `renditions` lists them
+    all. Without `stored`, content types and sizes come from the row, which the projector writes with the values
+    the stored thumbnails have.
     """
     body: dict[str, object] = {"task_id": view.task_id, "status": view.status.value}
     if view.callback_url:
         body["webhook"] = webhook_of(view)
     if view.status is Status.SUCCESS:
         body["message"] = "ok"
-        if stored is None:
+        entries = [rendition_body(r, stored[i] if stored else None) for i, r in enumerate(view.renditions)]
+        if entries:
+            body.update({name: entries[0][name] for name in ("base64_thumbnail_data", "content_type", "width", "height")
+                         if name in entries[0]})
+        else:  # a row without its renditions yet (it is being written): the flat columns
             body.update(content_type=view.content_type, width=view.width, height=view.height)
-        else:
-            body.update(base64_thumbnail_data=base64.b64encode(stored.data).decode("ascii"),
-                        content_type=stored.content_type, width=stored.width, height=stored.height)
         body["source_sha256"] = view.source_sha256
+        body["renditions"] = entries
     elif view.status is Status.FAILURE:
         body.update(message=view.error_message or "failed", error={"code": view.error_code, "message": view.error_message})
     else:
         body.update(message="in progress", status=Status.PENDING.value, stage=view.status.value)
     return body
+
+
+def rendition_body(task_rendition: TaskRendition, stored: StoredThumbnail | None) -> dict[str, object]:
+    rendered = task_rendition.rendered
+    entry: dict[str, object] = {
+        "rendition": asdict(rendered.rendition),
+        "content_type": rendered.content_type, "width": rendered.width, "height": rendered.height,
+        "deduplicated": rendered.deduplicated,
+    }
+    if rendered.rendition.format == AUTO:
+        entry["formats"] = list(task_rendition.keys)
+    if stored is not None:
+        entry["base64_thumbnail_data"] = base64.b64encode(stored.data).decode("ascii")
+    return entry
 
 
 @dataclass(frozen=True)

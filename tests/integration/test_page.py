@@ -71,13 +71,15 @@ def screenshot(browser: WebDriver, tmp_path_factory: pytest.TempPathFactory) -> 
     return save
 
 
-def submit(browser: WebDriver, url: str, width: int | None = None, height: int | None = None, image_format: str = "") -> None:
+def submit(browser: WebDriver, url: str, width: int | None = None, height: int | None = None, image_format: str = "",
+           fit: str = "") -> None:
     for field, value in (("url", url), ("width", width), ("height", height)):
         element = browser.find_element(By.ID, field)
         element.clear()
         if value is not None:
             element.send_keys(str(value))
     Select(browser.find_element(By.ID, "format")).select_by_value(image_format)
+    Select(browser.find_element(By.ID, "fit")).select_by_value(fit)
     browser.find_element(By.CSS_SELECTOR, "#request button").click()
 
 
@@ -91,16 +93,18 @@ def wait_for_result(browser: WebDriver) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-@pytest.mark.parametrize("box,image_format,content_type", [((100, 100), "", "image/jpeg"), ((160, 120), "webp", "image/webp")])
+@pytest.mark.parametrize("box,image_format,fit,content_type", [
+    ((100, 100), "", "", "image/jpeg"), ((160, 120), "webp", "", "image/webp"), ((90, 90), "png", "cover", "image/png")])
 def test_a_thumbnail_appears_with_its_facts(browser: WebDriver, images: ImageServer, screenshot: Screenshot,
-                                            box: tuple[int, int], image_format: str, content_type: str) -> None:
+                                            box: tuple[int, int], image_format: str, fit: str, content_type: str) -> None:
     data = photo(*SOURCE_SIZE, seed=box[0])
     url = images.add(f"/page/{box[0]}.jpg", data)
-    submit(browser, url, *(box if image_format else (None, None)), image_format=image_format)  # the first: defaults
-    assert wait_for_result(browser) == fitted(box)
+    submit(browser, url, *(box if image_format else (None, None)), image_format=image_format, fit=fit)  # the first: defaults
+    width, height = box if fit == "cover" else fitted(box)  # cover fills the box exactly
+    assert wait_for_result(browser) == (width, height)
     facts = browser.find_element(By.ID, "result-facts").text
-    width, height = fitted(box)
     assert f"{width} × {height} px" in facts and content_type in facts and hashlib.sha256(data).hexdigest() in facts
+    assert "Deduplicated\nno" in facts  # each case's source is new to this module's own keyspace
     assert "done" in status_text(browser)
     assert browser.find_element(By.ID, "result-image").get_attribute("alt") == f"Thumbnail of {url}"
     screenshot(f"success-{image_format or 'default'}")
@@ -127,23 +131,23 @@ def test_the_gallery_keeps_this_browsers_finished_thumbnails(browser: WebDriver,
         .map((img) => img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null);"""
     sizes = WebDriverWait(browser, WAIT_SECONDS).until(
         lambda d: (found := d.execute_script(loaded)) and all(found) and found, "gallery images not loaded")
-    assert sizes == [list(fitted((160, 120))), list(fitted((100, 100)))]  # newest first; the failure is not kept
+    assert sizes == [[90, 90], list(fitted((160, 120))), list(fitted((100, 100)))]  # newest first; the failure is not kept
     screenshot("gallery")
 
 
 def test_the_statistics_panel_counts_this_modules_tasks(browser: WebDriver, stack: Stack, screenshot: Screenshot) -> None:
-    """The environment began empty: two thumbnails, one failure and one refusal (never a task) so far."""
+    """The environment began empty: three thumbnails, one failure and one refusal (never a task) so far."""
     def totals(d: WebDriver) -> str | None:
         text = d.find_element(By.ID, "stats").text
-        return text if "Requested\n3" in text and "Failed\n1" in text else None
+        return text if "Requested\n4" in text and "Failed\n1" in text else None
 
     browser.get(stack.api + "/")
     text = WebDriverWait(browser, WAIT_SECONDS).until(totals, "statistics never showed this module's tasks")
-    assert "Succeeded\n2" in text and "SOURCE_HTTP_ERROR: 1" in text
+    assert "Succeeded\n3" in text and "SOURCE_HTTP_ERROR: 1" in text
     WebDriverWait(browser, WAIT_SECONDS).until(lambda d: "fetcher " in d.find_element(By.ID, "stats").text,
                                                "the stages' consumer lag never showed")
     bars = browser.find_elements(By.CSS_SELECTOR, "#throughput span")
-    assert len(bars) == 90 and sum(int(bar.get_attribute("data-count") or 0) for bar in bars) == 3  # 15 min of 10 s
+    assert len(bars) == 90 and sum(int(bar.get_attribute("data-count") or 0) for bar in bars) == 4  # 15 min of 10 s
     screenshot("statistics")
 
 

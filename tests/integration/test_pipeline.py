@@ -320,3 +320,74 @@ def test_get_with_wait_wakes_at_the_outcome_or_answers_pending_at_the_end(client
     threading.Timer(0.5, gate.set).start()
     done = client.get("/thumbnail", params={"task_id": task_id, "wait": "20"}, timeout=30)
     assert done.status_code == 200 and done.json()["status"] == "SUCCESS", done.text
+
+
+THREE_RENDITIONS = [
+    {"width": 100, "height": 100},
+    {"width": 200, "height": 200, "format": "webp", "fit": "cover", "gravity": "smart"},
+    {"width": 64, "height": 64, "format": "avif", "fit": "pad", "background": "#204060"},
+]
+
+
+def test_three_renditions_come_from_one_fetch_and_dedupe_one_by_one(
+    client: httpx.Client, images: ImageServer, stack: Stack,
+) -> None:
+    data = photo(640, 480, seed=21)
+    url = images.add("/renditions/first.jpg", data)
+    task_id = client.post("/thumbnail", json={"source_image_url": url, "renditions": THREE_RENDITIONS}).json()["task_id"]
+    body = poll_terminal(client, task_id)
+    assert body["status"] == "SUCCESS", body
+    assert images.hits["/renditions/first.jpg"] == 1  # one fetch for three renditions
+    made = [(r["content_type"], r["width"], r["height"], r["deduplicated"]) for r in body["renditions"]]
+    # contain keeps 4:3 inside 100x100; cover and pad fill their boxes exactly
+    assert made == [("image/jpeg", 100, 75, False), ("image/webp", 200, 200, False), ("image/avif", 64, 64, False)]
+    assert [r["rendition"]["fit"] for r in body["renditions"]] == ["contain", "cover", "pad"]
+    assert body["base64_thumbnail_data"] == body["renditions"][0]["base64_thumbnail_data"]
+    for index, (content_type, width, height, _) in enumerate(made):
+        decoded = Image.open(io.BytesIO(base64.b64decode(body["renditions"][index]["base64_thumbnail_data"])))
+        served = client.get("/thumbnail/file", params={"task_id": task_id, "rendition": index})
+        assert served.status_code == 200 and served.headers["content-type"] == content_type
+        assert Image.open(io.BytesIO(served.content)).size == decoded.size == (width, height)
+    band = Image.open(io.BytesIO(client.get("/thumbnail/file", params={"task_id": task_id, "rendition": 2}).content))
+    assert max(abs(a - b) for a, b in zip(band.convert("RGB").getpixel((32, 1)), (0x20, 0x40, 0x60), strict=True)) <= 12
+    beyond = client.get("/thumbnail/file", params={"task_id": task_id, "rendition": 3})
+    assert beyond.status_code == 404 and beyond.json()["error"]["code"] == "RENDITION_NOT_FOUND"
+
+    # The same content under another URL, asking for the same three: nothing is rendered again.
+    resizes_before = stack.metric("resizer", "thumbs_resizes_total")
+    again_url = images.add("/renditions/again.jpg", data)
+    again_id = client.post("/thumbnail", json={"source_image_url": again_url, "renditions": THREE_RENDITIONS}).json()["task_id"]
+    again = poll_terminal(client, again_id)
+    assert [r["deduplicated"] for r in again["renditions"]] == [True, True, True], again
+    assert [r["base64_thumbnail_data"] for r in again["renditions"]] == [r["base64_thumbnail_data"] for r in body["renditions"]]
+    assert stack.metric("resizer", "thumbs_resizes_total") == resizes_before
+
+
+@pytest.mark.parametrize("accept,served", [
+    ("image/avif,image/webp,image/apng,image/*,*/*;q=0.8", "image/avif"),
+    ("image/webp,*/*;q=0.8", "image/webp"),
+    ("*/*", "image/jpeg"),
+])
+def test_an_auto_rendition_is_served_in_the_format_the_client_accepts(
+    client: httpx.Client, images: ImageServer, accept: str, served: str,
+) -> None:
+    url = images.add("/renditions/auto.jpg", photo(300, 200, seed=22))
+    task_id = client.post("/thumbnail", params={"wait": "20"}, timeout=30,
+                          json={"source_image_url": url, "width": 120, "height": 80, "format": "auto"}).json()["task_id"]
+    assert poll_terminal(client, task_id)["renditions"][0]["formats"] == ["avif", "webp", "jpeg"]
+    response = client.get("/thumbnail/file", params={"task_id": task_id}, headers={"Accept": accept})
+    assert response.status_code == 200 and response.headers["content-type"] == served
+    assert response.headers["vary"] == "Accept" and response.headers["etag"].endswith(f'.{served[6:]}.q85.r1"')
+    assert Image.open(io.BytesIO(response.content)).size == (120, 80)
+
+
+def test_a_heic_source_is_decoded(client: httpx.Client, images: ImageServer) -> None:
+    import pillow_heif
+
+    source = Image.open(io.BytesIO(photo(320, 160, seed=23)))
+    heic = pillow_heif.from_pillow(source)
+    out = io.BytesIO()
+    heic.save(out, quality=80)
+    url = images.add("/renditions/photo.heic", out.getvalue(), content_type="image/heic")
+    body = poll_terminal(client, client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"])
+    assert body["status"] == "SUCCESS" and (body["width"], body["height"]) == (100, 50), body

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
 from services.api.app import create_app
-from services.common.model import Completed, Event, Failed, Fetched, Rendition, StoredThumbnail
+from services.common.model import Completed, Event, Failed, Fetched, Rendered, Rendition, StoredThumbnail
 from services.common.settings import Settings
 from services.projector.core import project
 from services.stats.core import empty, report
@@ -61,6 +61,25 @@ def test_post_accepts_a_rendition(client: TestClient, ports) -> None:
     assert ports[0].events[0].payload.rendition == Rendition(300, 200, "webp", 60)
 
 
+def test_post_accepts_fit_options_and_a_list_of_renditions(client: TestClient, ports) -> None:
+    one = {"source_image_url": "https://127.0.0.1/a.jpg", "fit": "COVER", "gravity": "smart", "background": "#FF0000FF"}
+    assert client.post("/thumbnail", json=one).status_code == 202
+    assert ports[0].events[0].payload.rendition == Rendition(fit="cover", gravity="smart", background="ff0000")
+    listed = {"source_image_url": "https://127.0.0.1/a.jpg", "renditions": [
+        {}, {"width": 200, "height": 200, "format": "webp", "fit": "cover"},
+        {"width": 64, "height": 64, "format": "auto", "fit": "pad", "background": "#00000080", "enlarge": True}]}
+    assert client.post("/thumbnail", json=listed).status_code == 202
+    assert ports[0].events[1].payload.renditions == (
+        Rendition(), Rendition(200, 200, "webp", fit="cover"), Rendition(64, 64, "auto", fit="pad", background="00000080", enlarge=True))
+
+
+def test_an_error_in_a_listed_rendition_names_it(client: TestClient) -> None:
+    body = {"source_image_url": "http://a/", "renditions": [{}, {"fit": "pad", "gravity": "north"}]}
+    assert client.post("/thumbnail", json=body).json()["message"].startswith("renditions[1].gravity applies only with fit cover")
+    conflict = client.post("/thumbnail", json={"source_image_url": "http://a/", "renditions": [{}], "format": "png", "width": 9})
+    assert conflict.json()["message"] == "give either renditions or the top-level format, width, not both"
+
+
 @pytest.mark.parametrize(
     "kwargs,status,code",
     [
@@ -88,6 +107,21 @@ def test_post_accepts_a_rendition(client: TestClient, ports) -> None:
         ({"json": {"source_image_url": "http://a/", "format": "gif"}}, 422, "INVALID_REQUEST"),
         ({"json": {"source_image_url": "http://a/", "quality": 100}}, 422, "INVALID_REQUEST"),
         ({"content": b'{"source_image_url":"' + b"a" * 17000 + b'"}', "headers": {"content-type": "application/json"}}, 413, "BODY_TOO_LARGE"),
+        ({"json": {"source_image_url": "http://a/", "fit": "stretch"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "gravity": "north"}}, 422, "INVALID_REQUEST"),  # without cover
+        ({"json": {"source_image_url": "http://a/", "fit": "pad", "gravity": "smart"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "gravity": "up", "fit": "cover"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "background": "red"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "background": "#fff"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "background": None}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "enlarge": "yes"}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "renditions": []}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "renditions": [{}] * 9}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "renditions": {"width": 10}}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "renditions": [{}, 5]}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "renditions": [{}, {"width": 0}]}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "renditions": [{"height": 4096}]}}, 422, "INVALID_REQUEST"),
+        ({"json": {"source_image_url": "http://a/", "renditions": [{}], "width": 10}}, 422, "CONFLICTING_FIELDS"),
     ],
 )
 def test_bad_requests_get_json_errors(client: TestClient, ports, kwargs: dict, status: int, code: str) -> None:
@@ -133,6 +167,52 @@ async def test_success_status_file_etag_and_304(client: TestClient, ports) -> No
     assert etag.startswith('"') and not etag.startswith("W/")
     again = client.get(f"/thumbnail/file?task_id={task_id}", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b""
+
+
+async def _complete_three(ports, task_id: str) -> tuple[Rendition, ...]:
+    """A finished task of three renditions, the last in format auto."""
+    _, tasks, thumbnails = ports
+    renditions = (Rendition(), Rendition(200, 200, "webp", fit="cover"), Rendition(64, 64, "auto", fit="pad"))
+    encodings = [*renditions[:2], *renditions[2].encodings]
+    for encoding in encodings:
+        thumbnails.rows[(SHA, encoding.key(1))] = StoredThumbnail(encoding.content_type, 64, 64, 4, encoding.format.encode())
+    rendered = [Rendered(r, r.content_type, 64, 64, 4, i == 1) for i, r in enumerate(renditions)]
+    await tasks.apply(project(Event(task_id, Completed.of(SHA, rendered, 1), "resizer")))
+    return renditions
+
+
+async def test_each_rendition_is_listed_and_served_by_its_index(client: TestClient, ports) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    await _complete_three(ports, task_id)
+    body = client.get(f"/thumbnail?task_id={task_id}").json()
+    assert base64.b64decode(body["base64_thumbnail_data"]) == b"jpeg" and body["content_type"] == "image/jpeg"
+    assert [(r["rendition"]["fit"], r["content_type"], r["deduplicated"], base64.b64decode(r["base64_thumbnail_data"]))
+            for r in body["renditions"]] == [
+        ("contain", "image/jpeg", False, b"jpeg"), ("cover", "image/webp", True, b"webp"), ("pad", "image/jpeg", False, b"jpeg")]
+    assert body["renditions"][2]["formats"] == ["avif", "webp", "jpeg"]
+    second = client.get(f"/thumbnail/file?task_id={task_id}&rendition=1")
+    assert (second.status_code, second.content, second.headers["content-type"]) == (200, b"webp", "image/webp")
+    assert "vary" not in second.headers
+    missing = client.get(f"/thumbnail/file?task_id={task_id}&rendition=3")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "RENDITION_NOT_FOUND"
+    assert client.get(f"/thumbnail/file?task_id={task_id}&rendition=-1").json()["error"]["code"] == "INVALID_PARAMETER"
+
+
+@pytest.mark.parametrize("accept,served", [
+    ("image/avif,image/webp,image/apng,image/*,*/*;q=0.8", "avif"),  # what Chromium sends for images
+    ("image/webp,*/*", "webp"),
+    ("image/avif;q=0,image/webp;q=0.5", "webp"),
+    ("*/*", "jpeg"),
+    ("", "jpeg"),
+    ("image/png, text/html;q=bad", "jpeg"),
+])
+async def test_an_auto_rendition_is_served_as_the_accept_header_allows(client: TestClient, ports, accept: str, served: str) -> None:
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    await _complete_three(ports, task_id)
+    response = client.get(f"/thumbnail/file?task_id={task_id}&rendition=2", headers={"Accept": accept})
+    assert response.status_code == 200 and response.content == served.encode()
+    assert response.headers["content-type"] == f"image/{served}" and response.headers["vary"] == "Accept"
+    assert response.headers["etag"] == f'"{SHA}.64x64.{served}.q85.r1.pad"'  # one per encoding
 
 
 async def test_failure_is_200_on_status_and_422_on_file(client: TestClient, ports) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -55,7 +54,10 @@ def test_keys_and_fingerprints() -> None:
         idempotency.fingerprint(Requested(URL, callback_url="https://example.com/b"))
     assert plain == idempotency.fingerprint(Requested(URL, owner="team-a"))  # the owner is the key's scope instead
     # Claims stored before callback_url existed keep matching the same request.
-    assert plain == hashlib.sha256(json.dumps({"source_url": URL, "rendition": asdict(Rendition())}, sort_keys=True).encode()).hexdigest()
+    before_fit_modes = {"width": 100, "height": 100, "format": "jpeg", "quality": 85}
+    assert plain == hashlib.sha256(json.dumps({"source_url": URL, "rendition": before_fit_modes}, sort_keys=True).encode()).hexdigest()
+    assert plain != idempotency.fingerprint(Requested(URL, Rendition(fit="cover")))
+    assert plain != idempotency.fingerprint(Requested(URL, more_renditions=(Rendition(),)))
     assert idempotency.claim_time().microsecond % 1000 == 0  # what Cassandra stores, so a take-over compares equal
 
 

@@ -12,7 +12,18 @@ from starlette.testclient import TestClient
 
 from services.api.app import create_app
 from services.api.task_events import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, StreamSlots, TaskWatch, status_body
-from services.common.model import Completed, Event, Failed, Fetched, Rendition, Requested, TaskUpdate, TaskView
+from services.common.model import (
+    Completed,
+    Event,
+    Failed,
+    Fetched,
+    Rendered,
+    Rendition,
+    Requested,
+    TaskRendition,
+    TaskUpdate,
+    TaskView,
+)
 from services.common.settings import Settings
 from services.common.status import Status
 from services.projector.core import project
@@ -32,7 +43,8 @@ def _watch(max_seconds: float = 600.0) -> TaskWatch:
     return TaskWatch("t-1", started_at=0.0, max_seconds=max_seconds)  # undisturbed delays: jitter 0.5 by default
 
 
-DONE = _view(Status.SUCCESS, source_sha256=SHA, content_type="image/jpeg", width=100, height=75, rendition_key="k")
+DONE = _view(Status.SUCCESS, source_sha256=SHA, content_type="image/jpeg", width=100, height=75, rendition_key="k",
+             renditions=(TaskRendition(Rendered(Rendition(), "image/jpeg", 100, 75, 2048, False), {"jpeg": "k"}),))
 
 
 def test_pending_fetched_success_is_three_events_and_the_last_ends_the_stream() -> None:
@@ -43,7 +55,10 @@ def test_pending_fetched_success_is_three_events_and_the_last_ends_the_stream() 
     assert [e.data.get("stage") for e in sent if e] == ["PENDING", "FETCHED", None]
     assert sent[2] is not None and sent[2].data == {
         "task_id": "t-1", "status": "SUCCESS", "message": "ok", "content_type": "image/jpeg", "width": 100, "height": 75,
-        "source_sha256": SHA,
+        "source_sha256": SHA, "renditions": [{
+            "rendition": {"width": 100, "height": 100, "format": "jpeg", "quality": 85, "fit": "contain",
+                          "gravity": "center", "background": None, "enlarge": False},
+            "content_type": "image/jpeg", "width": 100, "height": 75, "deduplicated": False}],
     }
     assert watch.finished and watch.observe(DONE) is None
 

@@ -52,6 +52,7 @@ async function submit(event) {
   const body = { source_image_url: $("url").value.trim() };
   for (const name of ["width", "height"]) if ($(name).value) body[name] = Number($(name).value);
   if ($("format").value) body.format = $("format").value;
+  if ($("fit").value) body.fit = $("fit").value;
   if (!$("key-field").hidden) sessionStorage.setItem(API_KEY, $("api-key").value.trim());
   current?.stop();
   $("result").hidden = true;
@@ -149,7 +150,7 @@ function update(task, data) {
     show(done);
     const entry = {
       task_id: task.id, url: task.url, content_type: data.content_type, width: data.width, height: data.height,
-      source_sha256: data.source_sha256, deduplicated: data.deduplicated,
+      source_sha256: data.source_sha256, deduplicated: data.renditions?.[0]?.deduplicated,
     };
     showResult(entry);
     remember(entry);
@@ -165,7 +166,7 @@ function showResult(entry) {
     ["Format", entry.content_type],
     ["Source SHA-256", entry.source_sha256],
   ];
-  // Shown only when the service says so: the status data carries no such field today.
+  // Gallery entries saved before the status carried it have none.
   if (typeof entry.deduplicated === "boolean") rows.push(["Deduplicated", entry.deduplicated ? "yes" : "no"]);
   $("result-facts").replaceChildren(...rows.flatMap(([term, value]) => [el("dt", term), el("dd", value)]));
   $("result").hidden = false;
