@@ -44,6 +44,7 @@ from .metrics import HttpMetrics
 from .negotiation import negotiated_format
 from .openapi import DOCS_HTML, openapi_spec
 from .task_events import StreamEvent, StreamSlots, TaskWatch, error_body, status_body
+from .thumbnail_cache import CachedThumbnails
 from .validation import (
     MAX_BODY_BYTES,
     ApiError,
@@ -96,7 +97,7 @@ def create_app(
             built, closers = real_adapters(settings)
             app.state.publisher = publisher or built.publisher
             app.state.tasks = tasks or built.tasks
-            app.state.thumbnails = thumbnails or built.thumbnails
+            app.state.thumbnails = thumbnails or CachedThumbnails(built.thumbnails, settings.api_cache_bytes)
             app.state.idempotency_keys = idempotency_keys or built.idempotency_keys
             api_keys_used: KeyStore | None = api_keys or built.api_keys
         else:

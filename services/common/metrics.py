@@ -51,6 +51,7 @@ HTTP_SECONDS = Histogram(
 BACKPRESSURE_REJECTIONS = Counter(
     "thumbs_backpressure_rejections_total", "POST /thumbnail requests refused with 503 because the fetchers' backlog was full."
 )
+API_THUMBNAIL_CACHE = Counter("thumbs_api_thumbnail_cache_total", "Thumbnail lookups of the API, by outcome.", ["outcome"])
 HELD_REQUESTS = Gauge(
     "thumbs_api_held_requests", "Requests the API process holds open: event streams (`events`) and waits (`wait`).", ["kind"]
 )

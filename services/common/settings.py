@@ -106,6 +106,10 @@ class Settings:
     max_waiting: int = _setting(
         1000, "Requests per API process that may wait for their task (`wait=`) at once; beyond, they answer at once."
     )
+    api_cache_bytes: int = _setting(
+        32 * 1024 * 1024, "Bytes of thumbnails each API process keeps in memory (least recently used out; 0: none): "
+        "a thumbnail never changes, so a GET of one kept makes only its task-row read."
+    )
     fetcher_metrics_port: int = _setting(9101, "Port of the fetcher's /metrics (0 turns it off).")
     resizer_metrics_port: int = _setting(9102, "Port of the resizer's /metrics (0 turns it off).")
     projector_metrics_port: int = _setting(9103, "Port of the projector's /metrics (0 turns it off).")
