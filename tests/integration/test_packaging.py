@@ -36,7 +36,7 @@ DECODE_EXAMPLES = textwrap.dedent("""\
         if name == "thumbnail.dlq.v1.json":
             continue  # a dead letter is a record about an event, not an event
         raw = json.dumps(example).encode()
-        if example["type"] == "thumbnail.fetched" and example["version"] == 2:
+        if example["type"] == "thumbnail.fetched" and example["version"] >= 2:
             event = events.decode(b"\\0" * example["payload"]["image_size"], [(events.EVENT_HEADER, raw)])
         else:
             event = events.decode(raw)
