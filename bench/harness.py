@@ -114,10 +114,10 @@ class ImageOrigin:
 class Pipeline:
     """Own topics, keyspace and ports; the five processes; CPU/RSS sampling; a watcher of terminal events."""
 
-    def __init__(self, servers: Settings, workers: int, state_dir: Path, keep: bool = False) -> None:
+    def __init__(self, servers: Settings, workers: int, state_dir: Path, keep: bool = False, api_workers: int = 1) -> None:
         contact = (servers.cassandra_hosts, servers.cassandra_port)
         self.env = isolated_env(servers.kafka_bootstrap, contact, state_dir,
-                                RESIZER_WORKERS=str(workers), TOPIC_PARTITIONS="6")
+                                RESIZER_WORKERS=str(workers), TOPIC_PARTITIONS="6", API_WORKERS=str(api_workers))
         self.settings = settings_of(self.env)
         self.stack = Stack(self.env, names=(*Stack.names, "stats"))  # statistics on, as deployed: their cost counts
         self.keep = keep
@@ -140,7 +140,8 @@ class Pipeline:
 
     def watch(self, extra: dict[str, list[int]]) -> None:
         """Starts sampling processes and recording terminal events (from Kafka's end offsets as of now)."""
-        groups = {name: self._pid_of(name) for name in ("api", "fetcher", "resizer")}
+        groups = {name: self._pid_of(name) for name in ("fetcher", "resizer")}
+        groups["api"] = self._api_processes
         groups["resizer-pool"] = self._pool
         groups["projector"] = self._pid_of("projector")
         groups["stats"] = self._pid_of("stats")
@@ -247,6 +248,10 @@ class Pipeline:
 
     def _pid_of(self, name: str) -> Any:
         return lambda: [self.stack.processes[name].pid] if name in self.stack.processes else []
+
+    def _api_processes(self) -> list[int]:
+        api = self.stack.processes.get("api")
+        return [api.pid, *descendants(api.pid)] if api else []  # with THUMBS_API_WORKERS > 1, its workers
 
     def _pool(self) -> list[int]:
         resizer = self.stack.processes.get("resizer")

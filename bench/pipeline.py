@@ -199,7 +199,7 @@ def settle(run: Pipeline, quiet: float = 1.0, timeout: float = 30.0) -> bool:
 
 def physical_bound(cores: int, cpu_ms: dict[str, float]) -> dict[str, float]:
     """The most requests/s `cores` could serve if the driver cost nothing: every core busy on these groups.
-    The API is one process (one event loop), so it alone also stops at one core's worth."""
+    One API process (one event loop) alone also stops at one core's worth."""
     per_request, api = sum(cpu_ms.values()), cpu_ms["api"]
     return {"cpu_ms_per_request": per_request, "max_rate": cores * 1000 / per_request if per_request else 0.0,
             "api_ms_per_request": api, "one_api_process_max_rate": 1000 / api if api else 0.0}
@@ -421,6 +421,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="baseline rounds per path; the median is shown")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for a scenario's tasks to finish")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-workers", type=int, default=1, help="THUMBS_API_WORKERS of the pipeline's API")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics and keyspace")
     args = parser.parse_args()
     args.scenarios = list(dict.fromkeys((args.scenario or list(DEFAULT_SCENARIOS)) + (["soak"] if args.soak else [])))
@@ -454,7 +455,7 @@ def main() -> int:
         results["baselines"] = base
         print_baselines(base, args.cores)
         state = Path(tempfile.mkdtemp(prefix="thumbs-bench-"))
-        run = Pipeline(servers, args.cores, state, keep=args.keep)
+        run = Pipeline(servers, args.cores, state, keep=args.keep, api_workers=args.api_workers)
         print(f"\nstarting the pipeline (prefix {run.settings.topic_prefix}, {args.cores} resize workers, logs {state})")
         started = time.monotonic()
         run.start()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points, version
@@ -22,12 +24,25 @@ COMMAND_GROUP = "thumbs.commands"
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
-    from services.api.app import create_app
+    from services.api.app import MULTIPROCESS_DIR, create_app
+    from services.common.cpu import usable_cores
 
-    uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning",
-        loop="uvloop", http="httptools",
-    )
+    options: dict[str, Any] = {"host": settings.api_host, "port": settings.api_port, "log_level": "warning",
+                               "loop": "uvloop", "http": "httptools"}
+    workers = settings.api_workers or usable_cores()
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return 0
+    # One process runs Python on one core at a time: several share the port. Each worker writes its metrics to
+    # files in this folder (prometheus_client's multiprocess mode), which /metrics sums in whichever answers.
+    metrics_dir = settings.state_dir / f"api-metrics-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # inherited by the workers, read as they import prometheus_client
+    try:
+        uvicorn.run("services.api.app:app_from_environment", factory=True, workers=workers, **options)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

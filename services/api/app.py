@@ -5,18 +5,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -75,6 +76,14 @@ def store_unavailable() -> ApiError:
     return ApiError(503, "UNAVAILABLE", "the task store is unavailable, try again shortly", {"Retry-After": "5"})
 
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where worker processes write their metrics
+
+
+def app_from_environment() -> Starlette:
+    """The app of one of several API worker processes (uvicorn imports it by name in each)."""
+    return create_app(Settings.from_env())
+
+
 def create_app(
     settings: Settings,
     *,
@@ -107,10 +116,8 @@ def create_app(
         app.state.access = Access(api_keys_used, required=settings.auth == "required")
         syncing = asyncio.create_task(keep_synced(app.state.access)) if app.state.access.required else None
         app.state.backlog = Backlog(settings.max_backlog)
-        app.state.stream_slots = StreamSlots(settings.sse_max_streams)
-        app.state.wait_slots = StreamSlots(settings.max_waiting)
-        for kind, slots in (("events", app.state.stream_slots), ("wait", app.state.wait_slots)):
-            HELD_REQUESTS.labels(kind).set_function(partial(getattr, slots, "open"))
+        app.state.stream_slots = StreamSlots(settings.sse_max_streams, HELD_REQUESTS.labels("events"))
+        app.state.wait_slots = StreamSlots(settings.max_waiting, HELD_REQUESTS.labels("wait"))
         app.state.settings = settings
         app.state.callbacks = CallbackCheck(allow=settings.fetch_allow_networks,
                                             resolver=callback_resolver or aiohttp.ThreadedResolver())
@@ -432,6 +439,10 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(_request: Request) -> Response:
+    if os.environ.get(MULTIPROCESS_DIR):  # several worker processes: every one's figures, summed
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
     return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

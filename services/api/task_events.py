@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from services.common.backoff import backoff_seconds
 from services.common.model import AUTO, StoredThumbnail, TaskRendition, TaskView
@@ -129,18 +130,29 @@ class TaskWatch:
         return StreamEvent(kind, self._sequence, data)
 
 
-class StreamSlots:
-    """The open streams of one process, at most `limit` at a time."""
+class Counted(Protocol):
+    def inc(self) -> None: ...
 
-    def __init__(self, limit: int) -> None:
+    def dec(self) -> None: ...
+
+
+class StreamSlots:
+    """The open streams of one process, at most `limit` at a time; `held` (a gauge) follows the count."""
+
+    def __init__(self, limit: int, held: Counted | None = None) -> None:
         self.limit = limit
         self.open = 0
+        self._held = held
 
     def take(self) -> bool:
         if self.open >= self.limit:
             return False
         self.open += 1
+        if self._held is not None:
+            self._held.inc()
         return True
 
     def give_back(self) -> None:
         self.open -= 1
+        if self._held is not None:
+            self._held.dec()

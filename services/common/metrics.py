@@ -24,8 +24,11 @@ CONSUMER_LAG = Gauge(
     ["stage", "topic", "partition"],
 )
 IN_FLIGHT = Gauge("thumbs_records_in_flight", "Records taken from Kafka and not yet handled.", ["stage"])
-STAGE_READY = Gauge("thumbs_stage_ready", "1 while the process is ready (what /readyz or /ready answers).", ["stage"])
-BUILD_INFO = Gauge("thumbs_build_info", "Always 1; the labels say what runs.", ["stage", "version", "renderer_version"])
+# multiprocess_mode: how the API's worker processes (THUMBS_API_WORKERS > 1) add up; ignored in one process.
+STAGE_READY = Gauge("thumbs_stage_ready", "1 while the process is ready (what /readyz or /ready answers).", ["stage"],
+                    multiprocess_mode="livemostrecent")  # what /ready answered last
+BUILD_INFO = Gauge("thumbs_build_info", "Always 1; the labels say what runs.", ["stage", "version", "renderer_version"],
+                   multiprocess_mode="livemax")
 DOWNLOAD_BYTES = Histogram(
     "thumbs_download_bytes", "Size of each downloaded source image.",
     buckets=tuple(float(2**n) for n in range(10, 26, 2)),  # 1 KiB .. 32 MiB
@@ -53,9 +56,11 @@ BACKPRESSURE_REJECTIONS = Counter(
 )
 API_THUMBNAIL_CACHE = Counter("thumbs_api_thumbnail_cache_total", "Thumbnail lookups of the API, by outcome.", ["outcome"])
 HELD_REQUESTS = Gauge(
-    "thumbs_api_held_requests", "Requests the API process holds open: event streams (`events`) and waits (`wait`).", ["kind"]
+    "thumbs_api_held_requests", "Requests the API process holds open: event streams (`events`) and waits (`wait`).", ["kind"],
+    multiprocess_mode="livesum",
 )
-BACKLOG_RECORDS = Gauge("thumbs_backlog_records", "The fetchers' lag on thumbnail.requested, as the API last read it.")
+BACKLOG_RECORDS = Gauge("thumbs_backlog_records", "The fetchers' lag on thumbnail.requested, as the API last read it.",
+                        multiprocess_mode="livemax")
 WEBHOOK_DELIVERIES = Counter(
     "thumbs_webhook_deliveries_total", "Completion webhook attempts, by outcome: delivered, retried or failed (given up).",
     ["outcome"],

@@ -87,6 +87,10 @@ class Settings:
     api_host: str = _setting("127.0.0.1", "Address the HTTP API binds to (its /metrics is served there too).")
     metrics_host: str = _setting("127.0.0.1", "Address every stage's /metrics binds to (0.0.0.0 in a container).")
     api_port: int = _setting(8080, "Port of the HTTP API (its /metrics is served there too).")
+    api_workers: int = _setting(
+        1, "API processes serving the port together (0: one per core), each with its own Kafka and Cassandra clients; "
+        "/metrics sums them all."
+    )
     auth: str = _setting(
         "off", "`required`: POST and GET need `Authorization: Bearer <key>` (`thumbs keys create`), each task is seen "
         "only by the key that created it, and each key has a request rate; `off`: open, as before.",

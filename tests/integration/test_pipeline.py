@@ -5,17 +5,21 @@ import base64
 import http.server
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from httpx_sse import EventSource, connect_sse
 from PIL import Image, ImageDraw, ImageFilter
 
-from .stack import ImageServer, Stack, poll_terminal, running_stack
+from .stack import REPO, ImageServer, Stack, free_port, poll_terminal, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -391,3 +395,58 @@ def test_a_heic_source_is_decoded(client: httpx.Client, images: ImageServer) -> 
     url = images.add("/renditions/photo.heic", out.getvalue(), content_type="image/heic")
     body = poll_terminal(client, client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"])
     assert body["status"] == "SUCCESS" and (body["width"], body["height"]) == (100, 50), body
+
+
+@pytest.fixture(scope="module")
+def two_worker_api(stack: Stack) -> Iterator[tuple[str, int]]:
+    """The API as THUMBS_API_WORKERS=2 runs it: two processes on one port; yields its URL and the parent's pid."""
+    port = free_port()
+    log = open(stack.settings.state_dir / "api-workers.log", "ab")  # kept open for the process's life
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", "api"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **stack.env, "THUMBS_API_PORT": str(port), "THUMBS_API_WORKERS": "2",
+                                    "THUMBS_LOG_NAME": "api-workers"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers_ready(base), 60, lambda: "API workers not ready")
+        yield base, process.pid
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+def _answers_ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def test_several_api_workers_serve_one_port_and_sum_their_metrics(
+    two_worker_api: tuple[str, int], images: ImageServer,
+) -> None:
+    base, parent = two_worker_api
+    workers = [pid for pid in _children(parent) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2, workers
+    url = images.add("/workers/photo.jpg", photo(300, 200, seed=24))
+    # A fresh connection per request, so the kernel spreads them over both workers' accept queues.
+    task_ids = [httpx.post(base + "/thumbnail", json={"source_image_url": url}).json()["task_id"] for _ in range(40)]
+    with httpx.Client(base_url=base, timeout=10) as client:
+        assert {poll_terminal(client, task_id)["status"] for task_id in task_ids} == {"SUCCESS"}
+    text = httpx.get(base + "/metrics").text
+    posts = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("thumbs_http_requests_total{") and 'route="/thumbnail"' in line and 'method="POST"' in line)
+    assert posts == 40, text[:2000]  # whichever worker answered /metrics counts the other's requests too
