@@ -30,7 +30,7 @@ from swagger_ui_bundle import swagger_ui_path
 from services.common import tracing
 from services.common.kafka import PublishError
 from services.common.metrics import HELD_REQUESTS, STAGE_READY, identify
-from services.common.model import AUTO, Event, IdempotencyClaim, Requested, StoredThumbnail, TaskView
+from services.common.model import AUTO, ROW_WRITTEN_HEADER, Event, IdempotencyClaim, Requested, StoredThumbnail, TaskView
 from services.common.ports import IdempotencyKeys, Tasks, Thumbnails
 from services.common.settings import Settings
 from services.common.status import Status
@@ -198,15 +198,32 @@ async def submit(request: Request) -> Response:
 
 
 async def _accept(request: Request, event: Event) -> None:
-    """Publishes the requested event and records the task PENDING."""
+    """Records the task PENDING, then publishes the requested event, saying so: the projector need not write the
+    row again (a Cassandra write per task). Written first so a GET right after this answer never sees 404; the
+    lowest rank keeps the projector's later writes winning. If the publish then fails, the client gets 503 and
+    the row is never looked at (nobody learnt its task id) until it expires."""
+    headers = tracing.carried(())  # the request's trace, when on
     try:
-        await request.app.state.publisher.publish_event(event, tracing.carried(()))  # the request's trace, when on
+        await request.app.state.tasks.apply(project(event))
+        headers.append((ROW_WRITTEN_HEADER, b"1"))
+    except Exception as exc:  # noqa: BLE001 - without the header, the projector writes the row
+        log.warning("could not record PENDING for %s: %s", event.task_id, exc)
+    await _publish(request, event, headers)
+
+
+async def _publish(request: Request, event: Event, headers: list[tuple[str, bytes]]) -> None:
+    try:
+        await request.app.state.publisher.publish_event(event, headers)
     except PublishError as exc:
         log.warning("publish failed: %s", exc)
         raise ApiError(503, "UNAVAILABLE", "the queue is unavailable, try again shortly", {"Retry-After": "5"}) from None
+
+
+async def _accept_published_first(request: Request, event: Event) -> None:
+    """Publishes, then records the task PENDING: for an Idempotency-Key, whose decisions read a row as proof that
+    the key's task was accepted."""
+    await _publish(request, event, tracing.carried(()))
     try:
-        # Written at acceptance so a GET right after this answer never sees 404; the lowest rank keeps
-        # the projector's later writes winning.
         await request.app.state.tasks.apply(project(event))
     except Exception as exc:  # noqa: BLE001 - the task is accepted; the projector writes the row too
         log.warning("could not record PENDING for %s: %s", event.task_id, exc)
@@ -245,7 +262,7 @@ async def _accept_once(request: Request, key: str, event: Event, scope: str) -> 
             raise idempotency.in_flight_error()
         event = earlier
     try:
-        await _accept(request, event)
+        await _accept_published_first(request, event)
     except ApiError:
         try:
             await keys.release(scope, key, claim)  # nothing was accepted: a retry starts afresh

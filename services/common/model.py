@@ -24,6 +24,7 @@ DLQ = "thumbnail.dlq"  # records no stage could handle, with the reason
 WEBHOOK_RETRY = "thumbnail.webhook.retry"  # outcome events whose completion webhook waits for another attempt
 REQUESTED_AT_HEADER = "thumbs-requested-at"  # Unix ms of the request, carried to the outcome (end-to-end latency)
 REPLAY_HEADER = "thumbs-replay"  # stamped by `thumbs replay` on what it re-publishes, and carried downstream
+ROW_WRITTEN_HEADER = "thumbs-row-written"  # on a requested event whose task row the API wrote before publishing it
 EVENT_TYPES = (REQUESTED, FETCHED, HASHED, COMPLETED, FAILED)
 PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, HASHED, COMPLETED, FAILED, WEBHOOK_RETRY, DLQ)
 FORMATS = ("jpeg", "png", "webp", "avif")  # encodings; a request may also ask for AUTO

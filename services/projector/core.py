@@ -2,11 +2,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from services.common.model import Completed, Event, Failed, Fetched, Hashed, Requested, TaskUpdate, renditions_column
+from services.common.model import (
+    REPLAY_HEADER,
+    ROW_WRITTEN_HEADER,
+    Completed,
+    Event,
+    Failed,
+    Fetched,
+    Hashed,
+    Requested,
+    TaskUpdate,
+    renditions_column,
+)
 from services.common.status import Status
+
+
+def written_by_api(event: Event, headers: Mapping[str, bytes]) -> bool:
+    """A request whose PENDING row the API wrote before publishing it; a replayed one is written again (its row
+    may have expired since)."""
+    return isinstance(event.payload, Requested) and ROW_WRITTEN_HEADER in headers and REPLAY_HEADER not in headers
 
 
 def project(event: Event) -> TaskUpdate:

@@ -13,7 +13,7 @@ from services.common.ports import Tasks
 from services.common.repositories import TaskRepository
 from services.common.settings import Settings
 
-from .core import project
+from .core import project, written_by_api
 
 STAGE = "projector"
 
@@ -32,7 +32,8 @@ def build_projector(settings: Settings, *, publisher: stage.Publisher | None = N
         checks["cassandra"] = partial(hosts_up, session)
 
     async def handle(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
-        await tasks.apply(project(event))
+        if not written_by_api(event, headers):
+            await tasks.apply(project(event))
         observe_latency(event, headers)
         return []
 

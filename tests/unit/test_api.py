@@ -230,6 +230,19 @@ def test_in_flight_file_answers_202_with_retry_after(client: TestClient) -> None
     assert response.status_code == 202 and response.headers["retry-after"] == "1"
 
 
+def test_the_row_is_written_before_the_publish_which_says_so(client: TestClient, ports) -> None:
+    publisher, tasks, _ = ports
+    task_id = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).json()["task_id"]
+    assert tasks.cells[task_id] and ("thumbs-row-written", b"1") in publisher.event_headers[0]
+    tasks.down = True  # the row cannot be written: the request is still accepted, and the projector writes it
+    assert client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/a.jpg"}).status_code == 202
+    assert "thumbs-row-written" not in dict(publisher.event_headers[1])
+    tasks.down = False
+    keyed = client.post("/thumbnail", json={"source_image_url": "http://127.0.0.1/b.jpg"}, headers={"Idempotency-Key": "k-1"})
+    assert keyed.status_code == 202  # published first: a row proves a key's task was accepted
+    assert "thumbs-row-written" not in dict(publisher.event_headers[2]) and tasks.cells[keyed.json()["task_id"]]
+
+
 def test_store_down_answers_503(client: TestClient, ports) -> None:
     ports[1].down = True
     assert client.get(f"/thumbnail?task_id={uuid.uuid4()}").status_code == 503

@@ -3,9 +3,19 @@ import random
 
 import pytest
 
-from services.common.model import Completed, Event, Failed, Fetched, Hashed, Rendition, Requested
+from services.common.model import (
+    REPLAY_HEADER,
+    ROW_WRITTEN_HEADER,
+    Completed,
+    Event,
+    Failed,
+    Fetched,
+    Hashed,
+    Rendition,
+    Requested,
+)
 from services.common.status import Status, write_timestamp
-from services.projector.core import project
+from services.projector.core import project, written_by_api
 from tests.fakes import FakeTasks
 
 TASK = "6f1c2b7a-8d4e-4f0a-b1c3-2e5d7a9f0c11"
@@ -71,3 +81,12 @@ def test_a_fetched_event_from_before_hashed_existed_projects_the_same() -> None:
     old = Event(TASK, Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"x"), "fetcher", occurred_at=at)
     new = Event(TASK, Hashed("http://127.0.0.1/a.jpg", SHA, "image/jpeg", 1), "fetcher", occurred_at=at)
     assert project(old) == project(new)
+
+
+def test_the_projector_skips_only_requests_whose_row_the_api_wrote() -> None:
+    requested = Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api")
+    written = {ROW_WRITTEN_HEADER: b"1"}
+    assert written_by_api(requested, written)
+    assert not written_by_api(requested, {})  # produced straight to Kafka, or the API's write failed
+    assert not written_by_api(requested, {**written, REPLAY_HEADER: b"1"})  # a replay: the row may have expired
+    assert not written_by_api(Event(TASK, Failed("fetcher", "SOURCE_HTTP_ERROR", "404"), "fetcher"), written)
