@@ -114,10 +114,12 @@ class ImageOrigin:
 class Pipeline:
     """Own topics, keyspace and ports; the five processes; CPU/RSS sampling; a watcher of terminal events."""
 
-    def __init__(self, servers: Settings, workers: int, state_dir: Path, keep: bool = False, api_workers: int = 1) -> None:
+    def __init__(self, servers: Settings, workers: int, state_dir: Path, keep: bool = False, api_workers: int = 1,
+                 api_cache_bytes: int | None = None) -> None:
         contact = (servers.cassandra_hosts, servers.cassandra_port)
         self.env = isolated_env(servers.kafka_bootstrap, contact, state_dir,
-                                RESIZER_WORKERS=str(workers), TOPIC_PARTITIONS="6", API_WORKERS=str(api_workers))
+                                RESIZER_WORKERS=str(workers), TOPIC_PARTITIONS="6", API_WORKERS=str(api_workers),
+                                **({} if api_cache_bytes is None else {"API_CACHE_BYTES": str(api_cache_bytes)}))
         self.settings = settings_of(self.env)
         self.stack = Stack(self.env, names=(*Stack.names, "stats"))  # statistics on, as deployed: their cost counts
         self.keep = keep
