@@ -63,6 +63,7 @@ from bench.corpus import photo
 from bench.harness import Bases, ImageOrigin, Pipeline, server_settings
 from bench.procstat import Window
 from bench.resize_core import PATHS, corpus, measure
+from services.resizer.recent import CLOCK_MARGIN_S
 from thumbs_devtools import versions
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -466,6 +467,9 @@ def main() -> int:
                                 + [origin.distinct("12mp", 0, "warm")], 4)
         run.poll_success([c.task_id for c in warm if c.task_id], 120)
         print(f"  ready: warm-up tasks reached SUCCESS after {time.monotonic() - started:.1f} s")
+        # Steady state, as a deployment runs: the resizer trusts the fetcher's dedupe lookup only for records
+        # fetched a clock margin after it took its partitions (services/resizer/recent.py).
+        time.sleep(max(0.0, started + CLOCK_MARGIN_S + 2 - time.monotonic()))
         run.watch({"bench": [os.getpid(), origin.process.pid or 0]})
         for name in args.scenarios:
             result = SCENARIOS[name](run, origin, args, base)

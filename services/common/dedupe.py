@@ -1,7 +1,8 @@
 """The dedupe lookup by (content sha256, rendition key), shared by the fetcher and the resizer.
 
-The fetcher asks first, so a known image never travels through Kafka again; the resizer asks
-again under its per-content lock before rendering, which is what makes "one render per content" hold.
+The fetcher asks first, so a known image never travels through Kafka again; the resizer asks again under
+its per-content lock before rendering, which is what makes "one render per content" hold. It asks its memory of
+what it stored, and Cassandra only when the fetcher's answer may be stale (services/resizer/recent.py).
 Each encoding of each rendition is its own thumbnail: a task's renditions dedupe one by one.
 """
 from __future__ import annotations

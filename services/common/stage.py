@@ -300,6 +300,7 @@ class Subscription:
         self.runner = runner
         self.failed = False
         self.joined = False  # holds a group assignment (readiness)
+        self.assigned_at = time.time()  # wall clock of the last time partitions were added to this member
         self.last_poll = time.monotonic()  # the loop came round (liveness)
         self.topics = topics
         self._concurrency = concurrency
@@ -385,6 +386,7 @@ class Subscription:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.joined = True  # called on every join, with an empty list when there is nothing to take
         if partitions:
+            self.assigned_at = time.time()
             log.info("%s: assigned %s", self.runner.stage, _names(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -1,0 +1,55 @@
+from datetime import UTC, datetime
+
+from services.common.model import REPLAY_HEADER, Event, Fetched, StoredThumbnail
+from services.replay.core import REDRIVE_HEADER
+from services.resizer.recent import CLOCK_MARGIN_S, RecentThumbnails, fetcher_lookup_holds
+from tests.fakes import FakeThumbnails
+
+SHA = "ab" * 32
+THUMBNAIL = StoredThumbnail("image/jpeg", 100, 56, 1900, b"\xff\xd8" * 950)
+
+
+class CountingThumbnails(FakeThumbnails):
+    def __init__(self) -> None:
+        super().__init__()
+        self.finds = 0
+
+    async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None:
+        self.finds += 1
+        return await super().find(sha256, rendition_key)
+
+
+def _fetched_at(seconds: float) -> Event:
+    moment = datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+    return Event("t-1", Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"x"), "fetcher", occurred_at=moment)
+
+
+def test_the_fetchers_lookup_holds_only_for_records_fetched_after_the_partitions_were_taken() -> None:
+    owned_since = 1_800_000_000.0
+    fresh = _fetched_at(owned_since + CLOCK_MARGIN_S + 1)
+    assert fetcher_lookup_holds(fresh, {}, owned_since)
+    assert not fetcher_lookup_holds(_fetched_at(owned_since - 60), {}, owned_since)  # before a rebalance or restart
+    assert not fetcher_lookup_holds(_fetched_at(owned_since + 5), {}, owned_since)  # within the clocks' margin
+    assert not fetcher_lookup_holds(fresh, {REPLAY_HEADER: b"1"}, owned_since)  # looked up long ago, if ever
+    assert not fetcher_lookup_holds(fresh, {REDRIVE_HEADER: b"1"}, owned_since)
+
+
+async def test_memory_answers_what_this_process_stored_or_found_and_asks_nothing_else() -> None:
+    store = CountingThumbnails()
+    recent = RecentThumbnails(store)
+    assert await recent.known.find(SHA, "k1") is None and store.finds == 0  # the fetcher's miss stands
+    await recent.known.put(SHA, "k1", THUMBNAIL)
+    assert store.rows[(SHA, "k1")] == THUMBNAIL
+    assert await recent.known.find(SHA, "k1") == StoredThumbnail("image/jpeg", 100, 56, 1900)  # facts, no bytes
+    store.rows[(SHA, "k2")] = THUMBNAIL  # stored by someone else, e.g. before a rebalance
+    assert await recent.read_through.find(SHA, "k2") is not None and store.finds == 1
+    assert await recent.known.find(SHA, "k2") is not None and store.finds == 1  # remembered since
+
+
+async def test_memory_is_bounded() -> None:
+    store = CountingThumbnails()
+    recent = RecentThumbnails(store, size=2)
+    for key in ("k1", "k2", "k3"):
+        await recent.known.put(SHA, key, THUMBNAIL)
+    assert await recent.known.find(SHA, "k1") is None  # the oldest went; a read-through would ask Cassandra
+    assert await recent.read_through.find(SHA, "k1") is not None and store.finds == 1
