@@ -3,9 +3,10 @@ asking Cassandra a second time.
 
 Equal content is keyed to one partition of thumbnail.fetched, so while this process owns that partition, no other
 process stores its thumbnails: a key the fetcher found missing and this process has not stored since is still
-missing. That holds for a record fetched after this process took its partitions; for anything older (a record from
-before a rebalance or restart, a rewind), and for replays and redrives (fetched long ago, checked then), Cassandra is
-asked as before. A change of the topic's partition count moves content between partitions: until the records fetched
+missing. That holds for a record fetched after this process took its partitions, and lately (so that what this
+process stored since is still in its bounded memory); for anything older (a record from before a rebalance or
+restart, a rewind, a backlog), and for replays and redrives (fetched long ago, checked then), Cassandra is asked as
+before. A change of the topic's partition count moves content between partitions: until the records fetched
 before it are handled, a thumbnail may be rendered twice (the same bytes, stored once).
 """
 from __future__ import annotations
@@ -19,15 +20,18 @@ from services.common.ports import Thumbnails
 from services.replay.core import REDRIVE_HEADER
 
 CLOCK_MARGIN_S = 10.0  # fetcher and resizer hosts' clocks may disagree by this much (NTP keeps them far closer)
-REMEMBERED_KEYS = 100_000  # ~30 MB at most: a thumbnail's facts without its bytes
+FRESH_S = 60.0  # a record fetched longer ago is looked up again: memory need only span this long
+# Far more thumbnails than one process stores in FRESH_S (a few hundred a second at most); ~8 MB of facts.
+REMEMBERED_KEYS = 20_000
 
 
-def fetcher_lookup_holds(event: Event, headers: Mapping[str, bytes], owned_since: float) -> bool:
+def fetcher_lookup_holds(event: Event, headers: Mapping[str, bytes], owned_since: float, now: float) -> bool:
     """Whether the fetcher's dedupe lookup for this record still stands, for a process that took its partitions
-    at `owned_since` (wall clock, seconds)."""
+    at `owned_since` (wall clock, seconds, as `now`)."""
     if REPLAY_HEADER in headers or REDRIVE_HEADER in headers:
         return False
-    return event.occurred_at_micros / 1e6 > owned_since + CLOCK_MARGIN_S
+    fetched_at = event.occurred_at_micros / 1e6
+    return owned_since + CLOCK_MARGIN_S < fetched_at and now - fetched_at < FRESH_S
 
 
 class RecentThumbnails:

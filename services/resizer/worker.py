@@ -6,6 +6,7 @@ import ctypes
 import multiprocessing
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -112,7 +113,8 @@ def build_resizer(settings: Settings, *, publisher: stage.Publisher | None = Non
     member: list[stage.Subscription] = []  # set below: when it took its partitions decides what memory can answer
 
     async def handle(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
-        lookup = recent.known if fetcher_lookup_holds(event, headers, member[0].assigned_at) else recent.read_through
+        holds = fetcher_lookup_holds(event, headers, member[0].assigned_at, time.time())
+        lookup = recent.known if holds else recent.read_through
         async with locks.hold(event.key.decode()):
             return await handle_fetched(event, headers, lookup, render, settings.renderer_version)
 

@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 from services.common.model import REPLAY_HEADER, Event, Fetched, StoredThumbnail
 from services.replay.core import REDRIVE_HEADER
-from services.resizer.recent import CLOCK_MARGIN_S, RecentThumbnails, fetcher_lookup_holds
+from services.resizer.recent import CLOCK_MARGIN_S, FRESH_S, RecentThumbnails, fetcher_lookup_holds
 from tests.fakes import FakeThumbnails
 
 SHA = "ab" * 32
@@ -24,14 +24,16 @@ def _fetched_at(seconds: float) -> Event:
     return Event("t-1", Fetched("http://127.0.0.1/a.jpg", SHA, "image/jpeg", b"x"), "fetcher", occurred_at=moment)
 
 
-def test_the_fetchers_lookup_holds_only_for_records_fetched_after_the_partitions_were_taken() -> None:
+def test_the_fetchers_lookup_holds_only_for_records_fetched_lately_after_the_partitions_were_taken() -> None:
     owned_since = 1_800_000_000.0
-    fresh = _fetched_at(owned_since + CLOCK_MARGIN_S + 1)
-    assert fetcher_lookup_holds(fresh, {}, owned_since)
-    assert not fetcher_lookup_holds(_fetched_at(owned_since - 60), {}, owned_since)  # before a rebalance or restart
-    assert not fetcher_lookup_holds(_fetched_at(owned_since + 5), {}, owned_since)  # within the clocks' margin
-    assert not fetcher_lookup_holds(fresh, {REPLAY_HEADER: b"1"}, owned_since)  # looked up long ago, if ever
-    assert not fetcher_lookup_holds(fresh, {REDRIVE_HEADER: b"1"}, owned_since)
+    fetched = owned_since + CLOCK_MARGIN_S + 1
+    now = fetched + 2
+    assert fetcher_lookup_holds(_fetched_at(fetched), {}, owned_since, now)
+    assert not fetcher_lookup_holds(_fetched_at(owned_since - 60), {}, owned_since, now)  # before a rebalance or restart
+    assert not fetcher_lookup_holds(_fetched_at(owned_since + 5), {}, owned_since, now)  # within the clocks' margin
+    assert not fetcher_lookup_holds(_fetched_at(fetched), {}, owned_since, fetched + FRESH_S + 1)  # a backlog
+    assert not fetcher_lookup_holds(_fetched_at(fetched), {REPLAY_HEADER: b"1"}, owned_since, now)  # checked long ago
+    assert not fetcher_lookup_holds(_fetched_at(fetched), {REDRIVE_HEADER: b"1"}, owned_since, now)
 
 
 async def test_memory_answers_what_this_process_stored_or_found_and_asks_nothing_else() -> None:
