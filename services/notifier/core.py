@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from services.common.model import (
@@ -88,6 +88,11 @@ def webhook_body(event: Event) -> bytes:
             "source_sha256": payload.source_sha256, "deduplicated": payload.deduplicated,
             "url": f"/thumbnail/file?task_id={event.task_id}",
         }
+        document["renditions"] = [  # every rendition, in request order; `thumbnail` is the first
+            {"rendition": asdict(r.rendition), "content_type": r.content_type, "width": r.width, "height": r.height,
+             "deduplicated": r.deduplicated, "url": f"/thumbnail/file?task_id={event.task_id}&rendition={i}"}
+            for i, r in enumerate(payload.rendered)
+        ]
     else:
         assert isinstance(payload, Failed)
         document["error"] = {"code": payload.code, "message": payload.message}

@@ -163,6 +163,7 @@ def test_each_task_gets_exactly_one_verified_delivery(stack: Stack, client: http
         assert (body["task_id"], body["status"]) == (task_id, status)
         if status == "SUCCESS":
             assert set(body["thumbnail"]) >= {"content_type", "width", "height", "source_sha256", "url"}
+            assert [r["url"] for r in body["renditions"]] == [body["thumbnail"]["url"] + "&rendition=0"]
             assert "base64_thumbnail_data" not in delivery.body.decode() and client.get(body["thumbnail"]["url"]).status_code == 200
         else:
             assert body["error"]["code"] == "SOURCE_HTTP_ERROR"

@@ -83,6 +83,10 @@ async def test_a_success_is_posted_once_signed_and_recorded_delivered() -> None:
         "task_id": TASK, "status": "SUCCESS", "occurred_at": "2026-12-01T10:00:00.000000Z",
         "thumbnail": {"content_type": "image/jpeg", "width": 100, "height": 75, "source_sha256": "ab" * 32,
                       "deduplicated": False, "url": f"/thumbnail/file?task_id={TASK}"},
+        "renditions": [{"rendition": {"width": 100, "height": 100, "format": "jpeg", "quality": 85, "fit": "contain",
+                                      "gravity": "center", "background": None, "enlarge": False},
+                        "content_type": "image/jpeg", "width": 100, "height": 75, "deduplicated": False,
+                        "url": f"/thumbnail/file?task_id={TASK}&rendition=0"}],
     }
     assert headers["X-Thumbs-Delivery"] == "0b6d3f5e-2f1a-4c1e-9a57-8c1f0d6a9e01"
     assert headers["X-Thumbs-Timestamp"] == str(int(NOW))
