@@ -28,6 +28,8 @@ from tests.integration.stack import ImageServer, Stack, drop_environment, isolat
 from thumbs_devtools.lifecycle import ensure_running
 
 IMAGE_HOST = "127.0.0.2"
+LATENCY = re.compile(r'^thumbs_(?:stage|cassandra_request)_seconds_(?P<kind>sum|count)\{(?:[^}]*operation="(?P<operation>[^"]+)")?'
+                     r'[^}]*\} (?P<value>\S+)$')
 CASSANDRA_COUNT = re.compile(r'^thumbs_cassandra_request_seconds_count\{(?=[^}]*operation="(?P<operation>[^"]+)")[^}]*\} (?P<value>\S+)$')
 SERVER_VARIABLES = ("THUMBS_KAFKA_BOOTSTRAP", "THUMBS_CASSANDRA_HOSTS", "THUMBS_CASSANDRA_PORT")
 Bases = dict[str, list[bytes]]
@@ -167,6 +169,19 @@ class Pipeline:
                 if found:
                     counts[found["operation"]] = counts.get(found["operation"], 0.0) + float(found["value"])
         return counts
+
+    def latencies(self, stage: str) -> dict[str, tuple[float, float]]:
+        """(seconds, count) so far of one stage process's record handling ("record") and of its Cassandra
+        statements per operation: where a record's time goes, read as differences."""
+        port = self.settings.api_port if stage == "api" else getattr(self.settings, f"{stage}_metrics_port")
+        totals: dict[str, list[float]] = {}
+        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+            found = LATENCY.match(line)
+            if found:
+                name = found["operation"] or "record"
+                entry = totals.setdefault(name, [0.0, 0.0])
+                entry[0 if found["kind"] == "sum" else 1] += float(found["value"])
+        return {name: (seconds, count) for name, (seconds, count) in totals.items()}
 
     def kafka_log_bytes(self) -> dict[str, int]:
         """Bytes in the local brokers' log segments per topic of this run (broker-side bytes in); {} when the

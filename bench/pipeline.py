@@ -119,6 +119,7 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
     resizes = run.counter("resizer", "thumbs_resizes_total")
     hits = run.counter("resizer", "thumbs_dedupe_hits_total") + run.counter("fetcher", "thumbs_dedupe_hits_total")
     statements, log_bytes = run.cassandra_requests(), run.kafka_log_bytes()
+    times = run.latencies("resizer")
     run.sampler.mark()
     calls = submit()
     accepted = [c for c in calls if c.task_id]
@@ -128,6 +129,8 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
     tasks = max(1, len(done))
     settle(run)  # the projector's and the stats stage's last writes belong to these tasks
     statements = {op: n - statements.get(op, 0.0) for op, n in run.cassandra_requests().items()}
+    resizer_ms = {name: 1000 * (seconds - times.get(name, (0.0, 0.0))[0]) / (count - times.get(name, (0.0, 0.0))[1])
+                  for name, (seconds, count) in run.latencies("resizer").items() if count > times.get(name, (0.0, 0.0))[1]}
     grown = {topic: n - log_bytes.get(topic, 0) for topic, n in run.kafka_log_bytes().items()}
     return {
         "posted": len(calls), "accepted": len(accepted), **figures,
@@ -140,6 +143,7 @@ def observe(run: Pipeline, submit: Callable[[], list[loadgen.Call]], timeout: fl
         "cpu_per_task_ms": {"pipeline": 1000 * sum(window.cpu.get(g, 0.0) for g in PIPELINE_GROUPS) / tasks,
                             **{g: 1000 * window.cpu.get(g, 0.0) / tasks for g in ("stats", "kafka", "cassandra", "bench")}},
         "cassandra_per_task": {op: n / tasks for op, n in sorted(statements.items()) if n},
+        "resizer_ms": resizer_ms,
         "kafka_bytes_per_task": {"in": sum(grown.values()) / tasks,
                                  "out": sum(n * run.readers(topic) for topic, n in grown.items()) / tasks,
                                  "by_topic_in": {t.removeprefix(run.settings.topic_prefix): n / tasks for t, n in sorted(grown.items()) if n}}
@@ -327,7 +331,13 @@ def rows(name: str, r: dict[str, Any], args: argparse.Namespace) -> list[Row]:
     else:
         out.append(("Kafka KiB/task in / out (broker logs × reading groups)", f"{kafka['in'] / 1024:.1f} / {kafka['out'] / 1024:.1f}", "", ""))
         out += [(f"  in: {topic}", f"{n / 1024:.1f} KiB", "", "") for topic, n in kafka["by_topic_in"].items()]
+    if r.get("resizer_ms"):  # latency, not CPU: a record's time in the resizer and its Cassandra round trips
+        times = r["resizer_ms"]
+        out.append(("resizer ms per record / per Cassandra statement",
+                    " / ".join(f"{name} {value:.1f}" for name, value in sorted(times.items())), "", ""))
     named = sum(r["cpu_seconds"].values())
+    out.append(("cores busy (machine CPU s / window s)",
+                f"{r['machine_cpu_seconds'] / r['window_seconds']:.2f} of {args.cores}" if r["window_seconds"] else "n/a", "", ""))
     out.append(("CPU s: machine / ours / other (window s)",
                 f"{r['machine_cpu_seconds']:.1f} / {named:.1f} / {r['machine_cpu_seconds'] - named:.1f} "
                 f"({r['window_seconds']:.1f} s)", "", ""))
