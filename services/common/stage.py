@@ -289,14 +289,15 @@ class KafkaConsumer(Protocol):
 
 
 class Subscription:
-    """One consumer-group member feeding `runner` from `topics`, at most `concurrency` records at a time.
+    """One consumer-group member feeding `runner` from `topics`, at most `concurrency` records at a time and, with
+    `max_bytes`, records of at most that many bytes of values (plus one record) in flight.
 
     Crash-only: when handling a record fails in the edge itself, the member never commits past that record
     and stops the stage (`failed` is then true); restarted, it is handed the record again.
     """
 
     def __init__(self, settings: Settings, runner: StageRunner, topics: list[str], *, concurrency: int,
-                 consumer: KafkaConsumer | None = None) -> None:
+                 max_bytes: int = 0, consumer: KafkaConsumer | None = None) -> None:
         self.runner = runner
         self.failed = False
         self.joined = False  # holds a group assignment (readiness)
@@ -304,6 +305,8 @@ class Subscription:
         self.last_poll = time.monotonic()  # the loop came round (liveness)
         self.topics = topics
         self._concurrency = concurrency
+        self._max_bytes = max_bytes
+        self._bytes_in_flight = 0
         self._offsets = Offsets()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -322,11 +325,12 @@ class Subscription:
             while not stopping.is_set():
                 self.last_poll = time.monotonic()
                 free = self._concurrency - len(self._tasks)
-                if free <= 0:
+                room = self._max_bytes - self._bytes_in_flight if self._max_bytes else None
+                if free <= 0 or (room is not None and room <= 0):
                     self._slot_freed.clear()
                     await _first(self._slot_freed.wait(), stopping.wait(), asyncio.sleep(LOOP_TICK_S))
                     continue
-                for message in await loop.run_in_executor(self._thread, self._take, free):
+                for message in await loop.run_in_executor(self._thread, self._take, free, room):
                     self._dispatch(message)
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                     await loop.run_in_executor(self._thread, self._commit, None)
@@ -334,11 +338,23 @@ class Subscription:
         finally:
             await self._drain(loop)
 
-    def _take(self, most: int) -> list[Message]:
+    def _take(self, most: int, room: int | None = None) -> list[Message]:
         """Waits briefly for one record, then takes what else is already fetched without waiting:
-        consume(n, timeout) alone would hold a lone record until n arrive or the timeout passes."""
+        consume(n, timeout) alone would hold a lone record until n arrive or the timeout passes.
+        With `room`, stops once the values taken reach that many bytes (one record always fits)."""
         first = self._consumer.consume(1, 0.1)
-        return first + self._consumer.consume(most - 1, 0) if first and most > 1 else first
+        if not first or most <= 1:
+            return first
+        if room is None:
+            return first + self._consumer.consume(most - 1, 0)
+        taken, size = first, _size(first[0])
+        while len(taken) < most and size < room:
+            more = self._consumer.consume(1, 0)
+            if not more:
+                break
+            taken += more
+            size += _size(more[0])
+        return taken
 
     def _dispatch(self, message: Message) -> None:
         error = message.error()
@@ -348,6 +364,7 @@ class Subscription:
             return
         record = record_of(message)
         self._offsets.start(record.topic, record.partition, record.offset)
+        self._bytes_in_flight += _size(message)
         task = asyncio.get_running_loop().create_task(self._handle(record))
         self._tasks.add(task)
         self._in_flight.inc()
@@ -371,6 +388,7 @@ class Subscription:
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.discard(task)
+            self._bytes_in_flight -= len(record.value or b"")
             self._in_flight.dec()
             self._slot_freed.set()
 
@@ -441,6 +459,10 @@ def kafka_consumer(settings: Settings, stage: str, topics: list[str]) -> Consume
         "statistics.interval.ms": STATS_INTERVAL_MS,
         "stats_cb": lambda stats: record_lag(stage, stats),
     })
+
+
+def _size(message: Message) -> int:
+    return len(message.value() or b"")
 
 
 def record_lag(stage: str, stats_json: str) -> None:

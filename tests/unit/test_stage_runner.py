@@ -163,3 +163,35 @@ async def test_a_failed_publish_does_not_run_the_core_again() -> None:
     publisher = FakePublisher(failures=[PublishError("broker down")] * 3)
     await runner(publisher, complete_once).handle(requested_record())
     assert calls == 1 and [e.type for e in publisher.events] == [COMPLETED]
+
+
+async def test_records_in_flight_are_bounded_by_their_bytes_too() -> None:
+    good = requested_record()
+    size = len(good.value or b"")
+    consumer = FakeConsumer([FakeMessage(REQUESTED, 0, n, good.value, good.key, good.headers) for n in range(6)])
+    stopping, release = asyncio.Event(), asyncio.Event()
+    peak = in_flight = seen = 0
+
+    async def hold(_event: Event, _headers: Mapping[str, bytes]) -> list[Outgoing]:
+        nonlocal peak, in_flight, seen
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+        seen += 1
+        return []
+
+    # Room for two records' bytes (and one more record): never more than three at once, though eight would fit.
+    subscription = stage.Subscription(Settings(), runner(FakePublisher(), hold), [REQUESTED], concurrency=8,
+                                      max_bytes=2 * size, consumer=consumer)
+    running = asyncio.ensure_future(subscription.run(stopping))
+    await asyncio.sleep(0.5)
+    assert peak == 2  # the second record filled the room; the third waits for a slot to free
+    release.set()
+    for _ in range(100):
+        if seen == 6:
+            break
+        await asyncio.sleep(0.05)
+    stopping.set()
+    await asyncio.wait_for(running, timeout=20)
+    assert seen == 6 and peak <= 3
