@@ -117,13 +117,17 @@ class Pipeline:
     """Own topics, keyspace and ports; the five processes; CPU/RSS sampling; a watcher of terminal events."""
 
     def __init__(self, servers: Settings, workers: int, state_dir: Path, keep: bool = False, api_workers: int = 1,
-                 api_cache_bytes: int | None = None) -> None:
+                 api_cache_bytes: int | None = None, resizers: int = 1) -> None:
         contact = (servers.cassandra_hosts, servers.cassandra_port)
+        # `workers` render processes in all, shared by `resizers` resizer processes (one consumer group).
         self.env = isolated_env(servers.kafka_bootstrap, contact, state_dir,
-                                RESIZER_WORKERS=str(workers), TOPIC_PARTITIONS="6", API_WORKERS=str(api_workers),
+                                RESIZER_WORKERS=str(max(1, workers // resizers)), TOPIC_PARTITIONS="6",
+                                API_WORKERS=str(api_workers),
                                 **({} if api_cache_bytes is None else {"API_CACHE_BYTES": str(api_cache_bytes)}))
         self.settings = settings_of(self.env)
-        self.stack = Stack(self.env, names=(*Stack.names, "stats"))  # statistics on, as deployed: their cost counts
+        self.resizers = ("resizer", *(f"resizer-{n}" for n in range(2, resizers + 1)))
+        # statistics on, as deployed: their cost counts
+        self.stack = Stack(self.env, names=(*Stack.names, *self.resizers[1:], "stats"))
         self.keep = keep
         self.pool_pids: set[int] = set()
         self.stopped_pids: set[int] = set()
@@ -144,7 +148,7 @@ class Pipeline:
 
     def watch(self, extra: dict[str, list[int]]) -> None:
         """Starts sampling processes and recording terminal events (from Kafka's end offsets as of now)."""
-        groups = {name: self._pid_of(name) for name in ("fetcher", "resizer")}
+        groups = {"fetcher": self._pid_of("fetcher"), "resizer": lambda: [p for r in self.resizers for p in self._pid_of(r)()]}
         groups["api"] = self._api_processes
         groups["resizer-pool"] = self._pool
         groups["projector"] = self._pid_of("projector")
@@ -159,28 +163,25 @@ class Pipeline:
 
     def cassandra_requests(self) -> dict[str, float]:
         """Cassandra statements run so far by every process, per operation (the processes' own counts)."""
-        ports = [self.settings.api_port] + [getattr(self.settings, f"{stage}_metrics_port") for stage in self.stack.names
-                                            if stage != "api"]
         counts: dict[str, float] = {}
-        for port in ports:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            for line in text.splitlines():
+        for name in self.stack.names:
+            for line in self.stack.metrics_text(name).splitlines():
                 found = CASSANDRA_COUNT.match(line)
                 if found:
                     counts[found["operation"]] = counts.get(found["operation"], 0.0) + float(found["value"])
         return counts
 
     def latencies(self, stage: str) -> dict[str, tuple[float, float]]:
-        """(seconds, count) so far of one stage process's record handling ("record") and of its Cassandra
-        statements per operation: where a record's time goes, read as differences."""
-        port = self.settings.api_port if stage == "api" else getattr(self.settings, f"{stage}_metrics_port")
+        """(seconds, count) so far of one stage's record handling ("record") and of its Cassandra statements per
+        operation, summed over its instances: where a record's time goes, read as differences."""
         totals: dict[str, list[float]] = {}
-        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
-            found = LATENCY.match(line)
-            if found:
-                name = found["operation"] or "record"
-                entry = totals.setdefault(name, [0.0, 0.0])
-                entry[0 if found["kind"] == "sum" else 1] += float(found["value"])
+        for instance in self.instances(stage):
+            for line in self.stack.metrics_text(instance).splitlines():
+                found = LATENCY.match(line)
+                if found:
+                    name = found["operation"] or "record"
+                    entry = totals.setdefault(name, [0.0, 0.0])
+                    entry[0 if found["kind"] == "sum" else 1] += float(found["value"])
         return {name: (seconds, count) for name, (seconds, count) in totals.items()}
 
     def kafka_log_bytes(self) -> dict[str, int]:
@@ -198,8 +199,12 @@ class Pipeline:
         stages = sum(1 for stage in self.stack.names if any(prefix + name == topic for name in STAGE_TOPICS.get(stage, ())))
         return stages + (topic == f"{self.settings.group('stats')}-observations")  # the stats stage's own hop
 
+    def instances(self, stage: str) -> list[str]:
+        return [name for name in self.stack.names if name == stage or name.startswith(f"{stage}-")]
+
     def counter(self, stage: str, name: str) -> float:
-        return self.stack.metric(stage, name)
+        """A counter summed over a stage's instances."""
+        return sum(self.stack.metric(instance, name) for instance in self.instances(stage))
 
     def poll_success(self, task_ids: list[str], timeout: float) -> None:
         """Waits through the API (used only outside measurements) until every task is SUCCESS."""
@@ -223,7 +228,7 @@ class Pipeline:
         longer than the consumers' session timeout makes them rejoin their groups on resume.
         """
         try:
-            for name in STAGES:
+            for name in (*STAGES, *self.resizers[1:]):
                 for pid in self._pid_of(name)():
                     self._stop(pid)
             for pid in self._pool():  # after the resizer is stopped: it can no longer replace a worker
@@ -271,8 +276,7 @@ class Pipeline:
         return [api.pid, *descendants(api.pid)] if api else []  # with THUMBS_API_WORKERS > 1, its workers
 
     def _pool(self) -> list[int]:
-        resizer = self.stack.processes.get("resizer")
-        pids = descendants(resizer.pid) if resizer else []
+        pids = [pid for name in self.resizers if (resizer := self.stack.processes.get(name)) for pid in descendants(resizer.pid)]
         self.pool_pids.update(pids)
         return pids
 

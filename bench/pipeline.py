@@ -433,6 +433,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for a scenario's tasks to finish")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--api-workers", type=int, default=1, help="THUMBS_API_WORKERS of the pipeline's API")
+    parser.add_argument("--resizers", type=int, default=1,
+                        help="resizer processes sharing the render processes (one per core in all)")
     parser.add_argument("--api-cache-bytes", type=int, help="THUMBS_API_CACHE_BYTES of the pipeline's API (0: every "
                         "GET reads its thumbnail from Cassandra; the burst's tasks share one thumbnail)")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics and keyspace")
@@ -469,7 +471,7 @@ def main() -> int:
         print_baselines(base, args.cores)
         state = Path(tempfile.mkdtemp(prefix="thumbs-bench-"))
         run = Pipeline(servers, args.cores, state, keep=args.keep, api_workers=args.api_workers,
-                       api_cache_bytes=args.api_cache_bytes)
+                       api_cache_bytes=args.api_cache_bytes, resizers=args.resizers)
         print(f"\nstarting the pipeline (prefix {run.settings.topic_prefix}, {args.cores} resize workers, logs {state})")
         started = time.monotonic()
         run.start()

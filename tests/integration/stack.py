@@ -197,12 +197,16 @@ class Stack:
     def wait_ready(self, timeout: float = 60.0) -> None:
         wait_for(lambda: _answers(self.api + "/ready"), timeout, lambda: "API not ready:\n" + self.log_tail("api"))
 
-    def metric(self, name_or_stage: str, name: str) -> float:
-        """A counter summed over its labels, read from one process (`resizer`, `resizer-2`, `api`)."""
+    def metrics_text(self, name_or_stage: str) -> str:
+        """One process's /metrics (`resizer`, `resizer-2`, `api`)."""
         instance = _instance(name_or_stage)
         port = self.settings.api_port if instance.stage == "api" else int(
             instance.environment(self.settings)[f"{PREFIX}{instance.stage.upper()}_METRICS_PORT"])
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+    def metric(self, name_or_stage: str, name: str) -> float:
+        """A counter summed over its labels, read from one process (`resizer`, `resizer-2`, `api`)."""
+        text = self.metrics_text(name_or_stage)
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and not line.startswith("#"):
