@@ -80,9 +80,11 @@ class FakeTasks:
 class FakeThumbnails:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], StoredThumbnail] = {}
+        self.finds = 0
         self.puts = 0
 
     async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None:
+        self.finds += 1
         return self.rows.get((sha256, rendition_key))
 
     async def put(self, sha256: str, rendition_key: str, thumbnail: StoredThumbnail) -> None:

@@ -203,11 +203,8 @@ async def _accept(request: Request, event: Event) -> None:
     lowest rank keeps the projector's later writes winning. If the publish then fails, the client gets 503 and
     the row is never looked at (nobody learnt its task id) until it expires."""
     headers = tracing.carried(())  # the request's trace, when on
-    try:
-        await request.app.state.tasks.apply(project(event))
+    if await _record_pending(request, event):  # else the projector writes the row
         headers.append((ROW_WRITTEN_HEADER, b"1"))
-    except Exception as exc:  # noqa: BLE001 - without the header, the projector writes the row
-        log.warning("could not record PENDING for %s: %s", event.task_id, exc)
     await _publish(request, event, headers)
 
 
@@ -223,10 +220,17 @@ async def _accept_published_first(request: Request, event: Event) -> None:
     """Publishes, then records the task PENDING: for an Idempotency-Key, whose decisions read a row as proof that
     the key's task was accepted."""
     await _publish(request, event, tracing.carried(()))
+    await _record_pending(request, event)  # the task is accepted either way; the projector writes the row too
+
+
+async def _record_pending(request: Request, event: Event) -> bool:
+    """Writes the task's PENDING row; False when the store failed (logged, never the request's failure)."""
     try:
         await request.app.state.tasks.apply(project(event))
-    except Exception as exc:  # noqa: BLE001 - the task is accepted; the projector writes the row too
+        return True
+    except Exception as exc:  # noqa: BLE001 - any driver failure
         log.warning("could not record PENDING for %s: %s", event.task_id, exc)
+        return False
 
 
 async def _accept_once(request: Request, key: str, event: Event, scope: str) -> Event:

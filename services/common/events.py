@@ -87,7 +87,7 @@ class Encoded:
 
 def encode(event: Event) -> Encoded:
     payload: dict[str, Any]
-    extended = event.version == WRITTEN_VERSIONS[event.type][1] != WRITTEN_VERSIONS[event.type][0]
+    extended = event.version != WRITTEN_VERSIONS[event.type][0]  # the version with lists of renditions
     if isinstance(event.payload, Fetched):
         fetched = event.payload  # not asdict(): it would deep-copy the image bytes
         payload = {

@@ -24,7 +24,9 @@ DLQ = "thumbnail.dlq"  # records no stage could handle, with the reason
 WEBHOOK_RETRY = "thumbnail.webhook.retry"  # outcome events whose completion webhook waits for another attempt
 REQUESTED_AT_HEADER = "thumbs-requested-at"  # Unix ms of the request, carried to the outcome (end-to-end latency)
 REPLAY_HEADER = "thumbs-replay"  # stamped by `thumbs replay` on what it re-publishes, and carried downstream
+REDRIVE_HEADER = "thumbs-redriven"  # stamped by `thumbs replay redrive` on a dead letter it re-publishes
 ROW_WRITTEN_HEADER = "thumbs-row-written"  # on a requested event whose task row the API wrote before publishing it
+FRESH_S = 60.0  # a record read later than this after it was made is not `read_fresh`
 EVENT_TYPES = (REQUESTED, FETCHED, HASHED, COMPLETED, FAILED)
 PIPELINE_TOPICS = (REQUESTED, RETRY, FETCHED, HASHED, COMPLETED, FAILED, WEBHOOK_RETRY, DLQ)
 FORMATS = ("jpeg", "png", "webp", "avif")  # encodings; a request may also ask for AUTO
@@ -253,6 +255,15 @@ class Event:
 
     def with_payload(self, payload: Payload) -> Event:
         return replace(self, payload=payload)
+
+
+def read_fresh(event: Event, headers: Mapping[str, bytes], now: float) -> bool:
+    """Read soon after it was made, as it was made: not a replay or a redrive, nor from a rewind or a long backlog.
+    Only then may a stage trust what held when the record was made (the API's row write, the fetcher's dedupe
+    lookup); otherwise it checks again. `now` is wall-clock seconds."""
+    if REPLAY_HEADER in headers or REDRIVE_HEADER in headers:
+        return False
+    return now - event.occurred_at_micros / 1e6 < FRESH_S
 
 
 @dataclass(frozen=True)

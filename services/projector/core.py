@@ -7,7 +7,6 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from services.common.model import (
-    REPLAY_HEADER,
     ROW_WRITTEN_HEADER,
     Completed,
     Event,
@@ -16,15 +15,16 @@ from services.common.model import (
     Hashed,
     Requested,
     TaskUpdate,
+    read_fresh,
     renditions_column,
 )
 from services.common.status import Status
 
 
-def written_by_api(event: Event, headers: Mapping[str, bytes]) -> bool:
-    """A request whose PENDING row the API wrote before publishing it; a replayed one is written again (its row
-    may have expired since)."""
-    return isinstance(event.payload, Requested) and ROW_WRITTEN_HEADER in headers and REPLAY_HEADER not in headers
+def written_by_api(event: Event, headers: Mapping[str, bytes], now: float) -> bool:
+    """A request whose PENDING row the API wrote before publishing it, read fresh. One read later (a rewind that
+    rebuilds rows, a replay, a long backlog) is written again: its row may be gone or expired since."""
+    return isinstance(event.payload, Requested) and ROW_WRITTEN_HEADER in headers and read_fresh(event, headers, now)
 
 
 def project(event: Event) -> TaskUpdate:

@@ -1,6 +1,7 @@
 """Projector process: a consumer of every pipeline topic, materialising task rows in Cassandra."""
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import partial
 
@@ -32,7 +33,7 @@ def build_projector(settings: Settings, *, publisher: stage.Publisher | None = N
         checks["cassandra"] = partial(hosts_up, session)
 
     async def handle(event: Event, headers: Mapping[str, bytes]) -> list[Outgoing]:
-        if not written_by_api(event, headers):
+        if not written_by_api(event, headers, time.time()):
             await tasks.apply(project(event))
         observe_latency(event, headers)
         return []

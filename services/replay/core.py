@@ -9,10 +9,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.common.events import decode
-from services.common.model import COMPLETED, FAILED, FETCHED, HASHED, REPLAY_HEADER, REQUESTED, RETRY, WEBHOOK_RETRY, EventError, Record
+from services.common.model import (
+    COMPLETED,
+    FAILED,
+    FETCHED,
+    HASHED,
+    REDRIVE_HEADER,
+    REPLAY_HEADER,
+    REQUESTED,
+    RETRY,
+    WEBHOOK_RETRY,
+    EventError,
+    Record,
+)
 
 Headers = tuple[tuple[str, bytes], ...]
-REDRIVE_HEADER = "thumbs-redriven"
 # Which topics each stage's consumer group reads (see each stage's worker.py).
 STAGE_TOPICS = {
     "fetcher": (REQUESTED, RETRY),

@@ -6,8 +6,9 @@ process stores its thumbnails: a key the fetcher found missing and this process 
 missing. That holds for a record fetched after this process took its partitions, and lately (so that what this
 process stored since is still in its bounded memory); for anything older (a record from before a rebalance or
 restart, a rewind, a backlog), and for replays and redrives (fetched long ago, checked then), Cassandra is asked as
-before. A change of the topic's partition count moves content between partitions: until the records fetched
-before it are handled, a thumbnail may be rendered twice (the same bytes, stored once).
+before. Two cases may render a thumbnail twice (the same bytes, stored once): a change of the topic's partition count
+moves content between partitions until the records fetched before it are handled, and a previous owner still
+finishing a record more than the clock margin after giving its partition up (it waits up to 10 s, then lets go).
 """
 from __future__ import annotations
 
@@ -15,23 +16,19 @@ from collections.abc import Mapping
 
 from cachetools import LRUCache
 
-from services.common.model import REPLAY_HEADER, Event, StoredThumbnail
+from services.common.model import Event, StoredThumbnail, read_fresh
 from services.common.ports import Thumbnails
-from services.replay.core import REDRIVE_HEADER
 
 CLOCK_MARGIN_S = 10.0  # fetcher and resizer hosts' clocks may disagree by this much (NTP keeps them far closer)
-FRESH_S = 60.0  # a record fetched longer ago is looked up again: memory need only span this long
-# Far more thumbnails than one process stores in FRESH_S (a few hundred a second at most); ~8 MB of facts.
+# Far more thumbnails than one process stores while a record is read fresh (a few hundred a second at most, for
+# model.FRESH_S): ~8 MB of facts.
 REMEMBERED_KEYS = 20_000
 
 
 def fetcher_lookup_holds(event: Event, headers: Mapping[str, bytes], owned_since: float, now: float) -> bool:
     """Whether the fetcher's dedupe lookup for this record still stands, for a process that took its partitions
     at `owned_since` (wall clock, seconds, as `now`)."""
-    if REPLAY_HEADER in headers or REDRIVE_HEADER in headers:
-        return False
-    fetched_at = event.occurred_at_micros / 1e6
-    return owned_since + CLOCK_MARGIN_S < fetched_at and now - fetched_at < FRESH_S
+    return read_fresh(event, headers, now) and owned_since + CLOCK_MARGIN_S < event.occurred_at_micros / 1e6
 
 
 class RecentThumbnails:

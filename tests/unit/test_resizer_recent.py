@@ -1,22 +1,11 @@
 from datetime import UTC, datetime
 
-from services.common.model import REPLAY_HEADER, Event, Fetched, StoredThumbnail
-from services.replay.core import REDRIVE_HEADER
-from services.resizer.recent import CLOCK_MARGIN_S, FRESH_S, RecentThumbnails, fetcher_lookup_holds
+from services.common.model import FRESH_S, REDRIVE_HEADER, REPLAY_HEADER, Event, Fetched, StoredThumbnail
+from services.resizer.recent import CLOCK_MARGIN_S, RecentThumbnails, fetcher_lookup_holds
 from tests.fakes import FakeThumbnails
 
 SHA = "ab" * 32
 THUMBNAIL = StoredThumbnail("image/jpeg", 100, 56, 1900, b"\xff\xd8" * 950)
-
-
-class CountingThumbnails(FakeThumbnails):
-    def __init__(self) -> None:
-        super().__init__()
-        self.finds = 0
-
-    async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None:
-        self.finds += 1
-        return await super().find(sha256, rendition_key)
 
 
 def _fetched_at(seconds: float) -> Event:
@@ -37,7 +26,7 @@ def test_the_fetchers_lookup_holds_only_for_records_fetched_lately_after_the_par
 
 
 async def test_memory_answers_what_this_process_stored_or_found_and_asks_nothing_else() -> None:
-    store = CountingThumbnails()
+    store = FakeThumbnails()
     recent = RecentThumbnails(store)
     assert await recent.known.find(SHA, "k1") is None and store.finds == 0  # the fetcher's miss stands
     await recent.known.put(SHA, "k1", THUMBNAIL)
@@ -49,7 +38,7 @@ async def test_memory_answers_what_this_process_stored_or_found_and_asks_nothing
 
 
 async def test_memory_is_bounded() -> None:
-    store = CountingThumbnails()
+    store = FakeThumbnails()
     recent = RecentThumbnails(store, size=2)
     for key in ("k1", "k2", "k3"):
         await recent.known.put(SHA, key, THUMBNAIL)

@@ -4,6 +4,7 @@ import random
 import pytest
 
 from services.common.model import (
+    FRESH_S,
     REPLAY_HEADER,
     ROW_WRITTEN_HEADER,
     Completed,
@@ -83,10 +84,12 @@ def test_a_fetched_event_from_before_hashed_existed_projects_the_same() -> None:
     assert project(old) == project(new)
 
 
-def test_the_projector_skips_only_requests_whose_row_the_api_wrote() -> None:
+def test_the_projector_skips_only_fresh_requests_whose_row_the_api_wrote() -> None:
     requested = Event(TASK, Requested("http://127.0.0.1/a.jpg"), "api")
+    made = requested.occurred_at_micros / 1e6
     written = {ROW_WRITTEN_HEADER: b"1"}
-    assert written_by_api(requested, written)
-    assert not written_by_api(requested, {})  # produced straight to Kafka, or the API's write failed
-    assert not written_by_api(requested, {**written, REPLAY_HEADER: b"1"})  # a replay: the row may have expired
-    assert not written_by_api(Event(TASK, Failed("fetcher", "SOURCE_HTTP_ERROR", "404"), "fetcher"), written)
+    assert written_by_api(requested, written, made + 1)
+    assert not written_by_api(requested, {}, made + 1)  # produced straight to Kafka, or the API's write failed
+    assert not written_by_api(requested, {**written, REPLAY_HEADER: b"1"}, made + 1)  # the row may have expired
+    assert not written_by_api(requested, written, made + FRESH_S + 1)  # a rewind rebuilding lost rows, a backlog
+    assert not written_by_api(Event(TASK, Failed("fetcher", "SOURCE_HTTP_ERROR", "404"), "fetcher"), written, made + 1)

@@ -3,22 +3,12 @@ from services.common.model import StoredThumbnail
 from tests.fakes import FakeThumbnails
 
 
-class CountingThumbnails(FakeThumbnails):
-    def __init__(self) -> None:
-        super().__init__()
-        self.finds = 0
-
-    async def find(self, sha256: str, rendition_key: str) -> StoredThumbnail | None:
-        self.finds += 1
-        return await super().find(sha256, rendition_key)
-
-
 def _thumbnail(size: int) -> StoredThumbnail:
     return StoredThumbnail("image/jpeg", 10, 10, size, b"x" * size)
 
 
 async def test_a_kept_thumbnail_is_answered_without_the_store() -> None:
-    store = CountingThumbnails()
+    store = FakeThumbnails()
     cached = CachedThumbnails(store, max_bytes=10_000)
     await cached.put("a", "k", _thumbnail(100))
     assert await cached.find("a", "k") == await cached.find("a", "k") == _thumbnail(100)
@@ -26,7 +16,7 @@ async def test_a_kept_thumbnail_is_answered_without_the_store() -> None:
 
 
 async def test_misses_are_not_kept_and_the_bytes_bound_holds() -> None:
-    store = CountingThumbnails()
+    store = FakeThumbnails()
     cached = CachedThumbnails(store, max_bytes=2 * (1000 + ENTRY_OVERHEAD))
     assert await cached.find("a", "missing") is None
     store.rows[("a", "missing")] = _thumbnail(10)
@@ -41,7 +31,7 @@ async def test_misses_are_not_kept_and_the_bytes_bound_holds() -> None:
 
 
 async def test_a_thumbnail_larger_than_the_whole_cache_is_served_not_kept() -> None:
-    store = CountingThumbnails()
+    store = FakeThumbnails()
     store.rows[("a", "big")] = _thumbnail(5000)
     cached = CachedThumbnails(store, max_bytes=1000)
     assert (await cached.find("a", "big")) == (await cached.find("a", "big")) == _thumbnail(5000)
