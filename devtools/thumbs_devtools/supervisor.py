@@ -64,7 +64,8 @@ def register(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="create topics and tables, then run the API and every stage until Ctrl-C")
     run.set_defaults(handler=_run)
     run.add_argument("--scale", default="", metavar="STAGE=N,...",
-                     help="instances per stage, e.g. fetcher=2,resizer=2 (they share one consumer group)")
+                     help="instances per stage, e.g. fetcher=2,resizer=2 (they share one consumer group); "
+                          "by default one resizer per core, each stage else once")
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -74,6 +75,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"thumbs: {exc}", file=sys.stderr)
         return 2
     return run_all(settings, scale)
+
+
+def default_scale(settings: Settings, cores: int) -> dict[str, int]:
+    """One resizer per core when each renders in one process (the default): several resizers, the Kafka way,
+    measured faster than one resizer handing every image to a pool of several (bench/RESULTS.md)."""
+    return {"resizer": max(1, cores // settings.resizer_workers) if settings.resizer_workers else 1}
 
 
 def instances(scale: dict[str, int]) -> list[Instance]:
@@ -91,6 +98,7 @@ def spawn(instance: Instance, settings: Settings) -> subprocess.Popen[bytes]:
 
 def run_all(settings: Settings, scale: dict[str, int] | None = None) -> int:
     from services.common.cassandra import migrate
+    from services.common.cpu import usable_cores
     from services.common.topics import ensure_topics
 
     # Changing live topics is an operator's decision (`thumbs topics --apply`): only warn here.
@@ -101,7 +109,8 @@ def run_all(settings: Settings, scale: dict[str, int] | None = None) -> int:
     if topics.applicable:
         print("thumbs: warning: `thumbs topics --apply` applies the topic differences", file=sys.stderr)
     migrate(settings)
-    children = {instance: spawn(instance, settings) for instance in instances(scale or {})}
+    scale = {**default_scale(settings, usable_cores()), **(scale or {})}
+    children = {instance: spawn(instance, settings) for instance in instances(scale)}
     print(f"thumbs: API on http://{settings.api_host}:{settings.api_port} (docs at /docs); "
           f"{', '.join(i.name for i in children)}; Ctrl-C stops everything")
     stopping = False

@@ -147,7 +147,11 @@ class Settings:
     webhook_timeout_seconds: float = _setting(10.0, "Seconds for one webhook delivery, connecting included.")
     max_pixels: int = _setting(50_000_000, "Largest source image in pixels, checked from the header before decoding.")
     max_frames: int = _setting(1000, "Most frames an animated source may declare (only the first is rendered).")
-    resizer_workers: int = _setting(0, "Resize processes per resizer (0 = one per usable core: the CPUs it may run on, capped by its container's CPU quota).")
+    resizer_workers: int = _setting(
+        1, "Resize processes per resizer (0 = one per usable core: the CPUs it may run on, capped by its container's "
+        "CPU quota). Scale with resizers rather than with this: one resizer per core, each with one resize process, "
+        "measured faster than one resizer handing every image to several."
+    )
     resizer_in_flight_bytes: int = _setting(
         128 * 1024 * 1024, "Bytes of source images a resizer works on at once (plus one image), up to 12 records per "
         "resize process: while some render, the others wait on Cassandra and Kafka."

@@ -1,4 +1,5 @@
-"""Resizer process: a consumer of thumbnail.fetched; Pillow work runs in a process pool (one per core)."""
+"""Resizer process: a consumer of thumbnail.fetched; Pillow work runs in a pool of processes (one by default:
+run one resizer per core, the Kafka way, rather than one resizer feeding a pool of several)."""
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,7 @@ def pool_size(settings: Settings) -> int:
 
 
 class ProcessRenderer:
-    """Renders in worker processes, so decoding never blocks the event loop and every core is used."""
+    """Renders in worker processes, so decoding never blocks the event loop and a crashing decoder fails one image."""
 
     def __init__(self, settings: Settings) -> None:
         self._workers = pool_size(settings)

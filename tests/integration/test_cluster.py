@@ -75,7 +75,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     clients = cluster.clients
     hosts = (clients.cassandra_hosts, clients.cassandra_port)
     extra = {"TOPIC_REPLICATION_FACTOR": "3", "TOPIC_MIN_INSYNC_REPLICAS": "2", "CASSANDRA_LOCAL_DC": "dc1",
-             "CASSANDRA_REPLICATION": clients.cassandra_replication, "RESIZER_WORKERS": "1"}
+             "CASSANDRA_REPLICATION": clients.cassandra_replication}
     with running_stack(clients.kafka_bootstrap, hosts, tmp_path_factory.mktemp("stack"), names=INSTANCES,
                        static_members=True, **extra) as stack:
         yield stack

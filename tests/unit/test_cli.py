@@ -7,6 +7,7 @@ import pytest
 
 from services import cli
 from services.cli import build_parser
+from services.common.settings import Settings
 
 
 def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,3 +34,16 @@ def test_without_devtools_the_local_commands_are_absent(monkeypatch: pytest.Monk
             parser.parse_args([command])
         assert done.value.code == 2
         assert f"invalid choice: '{command}'" in capsys.readouterr().err
+
+
+def test_thumbs_run_starts_one_single_process_resizer_per_core() -> None:
+    from thumbs_devtools.supervisor import default_scale, instances, parse_scale
+
+    settings = Settings.from_env({})
+    assert settings.resizer_workers == 1
+    assert default_scale(settings, cores=4) == {"resizer": 4}
+    # A resizer sized to every core itself runs once; `--scale` names the count outright.
+    assert default_scale(Settings.from_env({"THUMBS_RESIZER_WORKERS": "0"}), cores=4) == {"resizer": 1}
+    assert default_scale(Settings.from_env({"THUMBS_RESIZER_WORKERS": "2"}), cores=4) == {"resizer": 2}
+    names = [i.name for i in instances({**default_scale(settings, cores=2), **parse_scale("fetcher=2")})]
+    assert names == ["api", "fetcher", "fetcher-2", "resizer", "resizer-2", "projector", "notifier", "stats"]
