@@ -191,7 +191,7 @@ def mix(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: dict
     prime = loadgen.post_all(run.api, [origin.same("fullhd", b, 0) for b in range(n)], n)
     run.poll_success([c.task_id for c in prime if c.task_id], 60)
     count = args.mix_tasks
-    urls = [origin.distinct("fullhd", i % n, f"mix-{i}") if i % 2 == 0 else origin.same("fullhd", i % n, i)
+    urls = [origin.distinct("fullhd", (i // 2) % n, f"mix-{i}") if i % 2 == 0 else origin.same("fullhd", (i // 2) % n, i)
             for i in range(count)]
     result = observe(run, lambda: loadgen.post_all(run.api, urls, args.concurrency), args.timeout)
     return against_limit(result, "fullhd", (count + 1) // 2, args, base)
@@ -292,7 +292,9 @@ def burst(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: di
                      "ok_200": sum(1 for c in gets if c.status == 200), "distinct_thumbnails": own,
                      "cache_hits": cache_hits(run) - hits}
     post_cpu, get_cpu = result["post"]["cpu_ms_per"], result["get"]["cpu_ms_per"]
+    running_cpu = result["post_running"]["cpu_ms_per"]
     result["bound"] = {"post": physical_bound(args.cores, {g: post_cpu[g] for g in ("api", *SERVERS)}),
+                       "post_running": physical_bound(args.cores, {g: running_cpu.get(g, 0.0) for g in ("api", *SERVERS, *PIPELINE_GROUPS[1:])}),
                        "get": physical_bound(args.cores, {g: get_cpu[g] for g in ("api", "cassandra")})}
     return result
 
@@ -375,7 +377,9 @@ def rows(name: str, r: dict[str, Any], args: argparse.Namespace) -> list[Row]:
             ("POST p50 / p99", f"{ms(post['p50'])} / {ms(post['p99'])}", "", "")]
     cpu = r["cpu_per_task_ms"]
     jvms = cpu["kafka"] + cpu["cassandra"]
+    by_process = {g: 1000 * r["cpu_seconds"].get(g, 0.0) / max(1, r["terminal"]) for g in PIPELINE_GROUPS}
     out += [("CPU ms/task: pipeline (every process + pool)", f"{cpu['pipeline']:.1f}", "", ""),
+            ("  " + " / ".join(PIPELINE_GROUPS), " / ".join(f"{v:.1f}" for v in by_process.values()), "", ""),
             ("CPU ms/task: of which the stats stage", f"{cpu['stats']:.1f}", "", ""),
             ("CPU ms/task: Kafka / Cassandra JVM", f"{cpu['kafka']:.1f} / {cpu['cassandra']:.1f}",
              "sum ≤ 7" if name == "fullhd" else "", verdict(jvms <= 7) if name == "fullhd" else ""),
@@ -453,18 +457,17 @@ def burst_rows(r: dict[str, Any]) -> list[Row]:
         ("   errors / 200 answers", f"{get['errors']} / {get['ok_200']}", f"0 / {get['requests']}",
          verdict(get["errors"] == 0 and get["ok_200"] == get["requests"])),
         ("   CPU ms/GET: api / Cassandra / driver", cpu_ms(get["cpu_ms_per"], "api", "cassandra", "bench"), "", ""),
-        ("5. verdicts", "", "", ""),
-        ("   POST req/s, API alone", f"{post['rate']:.0f}", "≥ 2000", verdict(post["rate"] >= 2000)),
-        ("   POST p99, API alone", ms(post["ms"]["p99"]), "≤ 50 ms",
-         verdict(post["ms"]["p99"] is not None and post["ms"]["p99"] <= 50)),
-        ("   GET req/s, pipeline idle", f"{get['rate']:.0f}", "≥ 3000", verdict(get["rate"] >= 3000)),
-        # What the cores allow at all: if this is under the target, no driver or tuning of the API reaches it.
-        (f"   physical bound POST: {r['cores']} cores / api+Kafka+Cassandra",
-         f"{bound['post']['max_rate']:.0f} ({bound['post']['cpu_ms_per_request']:.2f} ms)", "≥ 2000",
-         "reachable" if bound["post"]["max_rate"] >= 2000 else "out of reach"),
+        # The API alone is a reference (its own capacity, as where the stages run on other machines); issue 12's
+        # targets are the POST with the stages running (2a) and the GET of distinct tasks (4).
+        ("5. what these cores allow at all: if under the target, no driver or tuning of the API reaches it", "", "", ""),
+        (f"   physical bound POST, API alone: {r['cores']} cores / api+Kafka+Cassandra",
+         f"{bound['post']['max_rate']:.0f} ({bound['post']['cpu_ms_per_request']:.2f} ms)", "", ""),
+        (f"   physical bound POST, stages running: {r['cores']} cores / api+Kafka+Cassandra+stages",
+         f"{bound['post_running']['max_rate']:.0f} ({bound['post_running']['cpu_ms_per_request']:.2f} ms)", "≥ 1200",
+         "reachable" if bound["post_running"]["max_rate"] >= 1200 else "out of reach"),
         (f"   physical bound GET: {r['cores']} cores / api+Cassandra",
-         f"{bound['get']['max_rate']:.0f} ({bound['get']['cpu_ms_per_request']:.2f} ms)", "≥ 3000",
-         "reachable" if bound["get"]["max_rate"] >= 3000 else "out of reach"),
+         f"{bound['get']['max_rate']:.0f} ({bound['get']['cpu_ms_per_request']:.2f} ms)", "≥ 1500",
+         "reachable" if bound["get"]["max_rate"] >= 1500 else "out of reach"),
         ("   one api process: 1 core / api ms, POST / GET",
          f"{bound['post']['one_api_process_max_rate']:.0f} / {bound['get']['one_api_process_max_rate']:.0f}", "", ""),
         ("   other load, CPU s: health / POST / GET windows",
