@@ -1,16 +1,13 @@
-"""Resizer process: a consumer of thumbnail.fetched; Pillow work runs in a pool of processes (one by default:
-run one resizer per core, the Kafka way, rather than one resizer feeding a pool of several)."""
+"""Resizer process: a consumer of thumbnail.fetched; Pillow work runs in child processes (one by default:
+run one resizer per core, the Kafka way, rather than one resizer feeding several)."""
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import multiprocessing
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -27,10 +24,12 @@ from services.common.settings import Settings
 
 from .core import STAGE, Render, handle_fetched
 from .imaging import make_thumbnails
+from .processes import ProcessDied, RenderProcesses
 from .recent import RecentThumbnails, fetcher_lookup_holds
 
 
-def render_in_worker(data: bytes, renditions: Sequence[Rendition], max_pixels: int, max_frames: int) -> list[StoredThumbnail]:
+def render_job(data: bytes, renditions: Sequence[Rendition], *, max_pixels: int, max_frames: int) -> list[StoredThumbnail]:
+    """What a render process runs for each image."""
     thumbnails = make_thumbnails(data, renditions, max_pixels=max_pixels, max_frames=max_frames)
     return [StoredThumbnail(t.content_type, t.width, t.height, len(t.data), t.data) for t in thumbnails]
 
@@ -47,29 +46,22 @@ def pool_size(settings: Settings) -> int:
 
 
 class ProcessRenderer:
-    """Renders in worker processes, so decoding never blocks the event loop and a crashing decoder fails one image."""
+    """Renders in child processes, so decoding never blocks the event loop and an image that crashes the
+    decoder fails alone: the process is replaced and the other images in flight go to the new one."""
 
     def __init__(self, settings: Settings) -> None:
-        self._workers = pool_size(settings)
-        self._limits = (settings.max_pixels, settings.max_frames)
-        self._pool = self._new_pool()
+        job = partial(render_job, max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+        self._processes = RenderProcesses(job, pool_size(settings), initializer=die_with_parent)
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # Spawned, not forked: this process runs Kafka and Cassandra client threads and a metrics socket
-        # that a forked child would inherit in whatever state they were in.
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        await self._processes.close()
 
     async def __call__(self, data: bytes, renditions: Sequence[Rendition]) -> list[StoredThumbnail]:
-        job = partial(render_in_worker, data, renditions, *self._limits)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
-        except BrokenProcessPool:
-            # A decoder crashed its process: fail this image, replace the pool, keep the stage serving.
-            self._pool = self._new_pool()
+            result: list[StoredThumbnail] = await self._processes(data, list(renditions))
+        except ProcessDied:
             raise PermanentError(ErrorCode.IMAGE_CORRUPT, "the image crashed the decoder") from None
+        return result
 
 
 class KeyedLocks:
