@@ -112,7 +112,7 @@ def build_resizer(settings: Settings, *, publisher: stage.Publisher | None = Non
             return await handle_fetched(event, headers, lookup, render, settings.renderer_version)
 
     runner = stage.StageRunner(STAGE, settings, publisher, handle, transient=TRANSIENT_ERRORS)
-    # Twelve records per pool worker: while some render, the others wait on their Cassandra and Kafka round
+    # Twelve records per render process: while one renders, the others wait on their Cassandra and Kafka round
     # trips (a thumbnail write took 26-37 ms under the FullHD bench's load). 600 distinct FullHD, alternating:
     # 41.4 and 44.0 tasks/s with 4 per worker, 59.1 and 57.5 with 12. The byte bound keeps large sources from
     # multiplying the memory that takes.
