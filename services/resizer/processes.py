@@ -13,6 +13,7 @@ data bytes as they are; a reply is its length, then the pickled ("ok", value) or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import io
 import logging
@@ -22,6 +23,7 @@ import pickle
 import signal
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REQUEST = struct.Struct(">II")  # header length, data length
 REPLY = struct.Struct(">I")
+QUICK_DEATH_S = 1.0  # a process that dies sooner than this after its start is replaced only after this long
 PIPE_BYTES = 4 * 1024 * 1024  # wanted: a few source images, so the child reads on while the resizer is busy
 Job = Callable[[bytes, Any], Any]  # module-level, so a spawned process can import it
 
@@ -137,6 +140,7 @@ class RenderProcess:
         return self._process.pid
 
     def _start(self) -> None:
+        self._started_at = time.monotonic()
         read_end, write_end = os.pipe()
         _enlarge(write_end)
         self._request_pipe = os.fdopen(write_end, "wb", buffering=0)
@@ -191,8 +195,12 @@ class RenderProcess:
         try:
             while True:
                 size = REPLY.unpack(await reader.readexactly(REPLY.size))[0]
-                outcome, value = pickle.loads(await reader.readexactly(size))
+                payload = await reader.readexactly(size)
                 request = self._waiting.popleft()
+                try:
+                    outcome, value = pickle.loads(payload)
+                except Exception as exc:  # noqa: BLE001 - e.g. an exception class the parent cannot rebuild
+                    outcome, value = "error", RuntimeError(f"the render process's reply is unreadable: {exc}")
                 if request.answer.done():
                     continue
                 if outcome == "ok":
@@ -200,7 +208,9 @@ class RenderProcess:
                 else:
                     request.answer.set_exception(value)
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # the process ended
+        except Exception:  # a reply nobody waits for: the channel cannot be trusted any more
+            log.exception("render process %s: unexpected reply; replacing it", self._process.pid)
         if not self._closing:
             await self._replace()
 
@@ -208,17 +218,33 @@ class RenderProcess:
         """The child died: its current request fails, the others go to a new child in the same order."""
         assert self._ready is not None
         self._ready.clear()
+        for _ in range(20):  # its end of the socket closed as it exited; wait for it without blocking the loop
+            if not self._process.is_alive():
+                break
+            await asyncio.sleep(0.05)
+        if self._process.is_alive():
+            self._process.kill()
         self._process.join(1)
         log.warning("render process %s ended with %s; starting another", self._process.pid, self._process.exitcode)
         unanswered = list(self._waiting)
         self._waiting.clear()
         if unanswered and not unanswered[0].answer.done():
             unanswered[0].answer.set_exception(ProcessDied(f"exit code {self._process.exitcode}"))
-        if self._requests is not None:
-            self._requests.abort()
-        if self._reply_writer is not None:
-            self._reply_writer.close()
+        # Already torn down by the loop when the child's end went away, or about to be: either way, let go.
+        with contextlib.suppress(Exception):
+            if self._requests is not None:
+                self._requests.abort()
+        with contextlib.suppress(Exception):
+            if self._reply_writer is not None:
+                self._reply_writer.close()
         self.restarts += 1
+        if time.monotonic() - self._started_at < QUICK_DEATH_S:
+            await asyncio.sleep(QUICK_DEATH_S)  # one that cannot even start is not restarted in a tight loop
+        if self._closing:
+            for request in unanswered[1:]:
+                if not request.answer.done():
+                    request.answer.set_exception(ProcessDied("closed"))
+            return
         self._start()
         await self._connect()
         for request in unanswered[1:]:

@@ -24,3 +24,8 @@ def echo(data: bytes, header: Any) -> tuple[int, Any, int]:
     elif header == "unpicklable":
         raise Unpicklable("it says why")
     return len(data), header, os.getpid()
+
+
+def cannot_start() -> None:
+    """An initializer that fails, as a render process missing a library would."""
+    raise ImportError("a library is missing")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
 from services.common.errors import ErrorCode, PermanentError
 from services.resizer.processes import ProcessDied, RenderProcess, RenderProcesses
-from tests.unit.render_jobs import echo
+from tests.unit.render_jobs import cannot_start, echo
 
 
 async def test_each_caller_gets_its_own_reply() -> None:
@@ -107,3 +108,16 @@ def test_the_same_under_uvloop_as_the_stages_run() -> None:
     results = uvloop.run(crash_among_others())
     assert isinstance(results[0], ProcessDied)
     assert [r[:2] for r in results[1:]] == [(300_000, n) for n in range(4)]  # type: ignore[index]
+
+
+async def test_a_process_that_cannot_start_is_not_restarted_in_a_tight_loop() -> None:
+    process = RenderProcess(echo, initializer=cannot_start)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProcessDied):
+            await process(b"", "never answered")
+        await asyncio.sleep(2.5)
+        assert 1 <= process.restarts <= 4  # at most one restart a second (the first waits out the quick death)
+    finally:
+        await process.close()
+    assert time.monotonic() - started < 15
