@@ -19,13 +19,16 @@ def setuptools_config() -> dict[str, Any]:
     return config
 
 
+PAGE_PACKAGE = "services.api.page"  # the page's static files: a package of data, without code
+
+
 def _source_packages() -> set[str]:
     return {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "services").rglob("__init__.py")}
 
 
 def test_every_source_package_is_listed(setuptools_config: dict[str, Any]) -> None:
     # The list is explicit (discovery cannot map schemas/), so a new package must not be left out of the wheel.
-    assert set(setuptools_config["packages"]) == _source_packages() | {SCHEMA_PACKAGE}
+    assert set(setuptools_config["packages"]) == _source_packages() | {SCHEMA_PACKAGE, PAGE_PACKAGE}
 
 
 def test_the_contract_package_is_the_schemas_folder_with_its_json(setuptools_config: dict[str, Any]) -> None:
@@ -35,7 +38,7 @@ def test_the_contract_package_is_the_schemas_folder_with_its_json(setuptools_con
 
 
 def test_every_file_of_the_page_is_package_data(setuptools_config: dict[str, Any]) -> None:
-    patterns = setuptools_config["package-data"]["services.api"]
+    patterns = setuptools_config["package-data"][PAGE_PACKAGE]
     page = ROOT / "services" / "api" / "page"
-    files = [path.relative_to(page.parent).as_posix() for path in page.iterdir()]
+    files = [path.name for path in page.iterdir()]
     assert files and all(any(fnmatch(name, pattern) for pattern in patterns) for name in files)
