@@ -3,9 +3,6 @@ run one resizer per core, the Kafka way, rather than one resizer feeding several
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -23,22 +20,9 @@ from services.common.repositories import ThumbnailRepository
 from services.common.settings import Settings
 
 from .core import STAGE, Render, handle_fetched
-from .imaging import make_thumbnails
 from .processes import ProcessDied, RenderProcesses
 from .recent import RecentThumbnails, fetcher_lookup_holds
-
-
-def render_job(data: bytes, renditions: Sequence[Rendition], *, max_pixels: int, max_frames: int) -> list[StoredThumbnail]:
-    """What a render process runs for each image."""
-    thumbnails = make_thumbnails(data, renditions, max_pixels=max_pixels, max_frames=max_frames)
-    return [StoredThumbnail(t.content_type, t.width, t.height, len(t.data), t.data) for t in thumbnails]
-
-
-def die_with_parent() -> None:
-    """Ask Linux to end this worker when the resizer dies, even by SIGKILL: no orphans keep its ports."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from .render import die_with_parent, render_job
 
 
 def pool_size(settings: Settings) -> int:
