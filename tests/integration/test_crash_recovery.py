@@ -1,9 +1,12 @@
 """SIGKILL each stage mid-load: every accepted task still ends SUCCESS, and nothing is rendered twice."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -59,3 +62,48 @@ def test_killing_a_stage_mid_load_loses_nothing(victim: str, stack: Stack) -> No
     renders = Counter(e.payload.source_sha256 for e in completed_events(stack.settings)
                       if isinstance(e.payload, Completed) and not e.payload.deduplicated and e.payload.source_sha256 in shas)
     assert max(renders.values()) == 1, renders.most_common(3)
+
+
+def _render_processes(resizer_pid: int) -> list[int]:
+    """The resizer's render processes: its children started by multiprocessing's spawn, not its resource tracker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == resizer_pid and "spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_render_process_killed_mid_load_fails_at_most_its_own_image(stack: Stack) -> None:
+    """A render process that dies (a decoder crash, an out-of-memory kill) fails only the image it was rendering:
+    the resizer keeps running, replaces the process and hands it the other images in flight."""
+    images = ImageServer()
+    base = photo(2400, 1600, seed=21)  # a few milliseconds a render: records queue up in flight
+    resizer = stack.processes["resizer"]
+    rendered_before = stack.metric("resizer", "thumbs_resizes_total")
+    try:
+        with httpx.Client(base_url=stack.api, timeout=10) as client:
+            urls = [images.add(f"/render-kill/{n}.jpg", with_comment(base, f"render-kill-{n}")) for n in range(TASKS_PER_STAGE)]
+            task_ids = [client.post("/thumbnail", json={"source_image_url": url}).json()["task_id"] for url in urls]
+            deadline = time.monotonic() + 60
+            while stack.metric("resizer", "thumbs_resizes_total") - rendered_before < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            victims = _render_processes(resizer.pid)
+            assert victims, "the resizer has no render process"
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            results = [poll_terminal(client, task_id, timeout=120) for task_id in task_ids]
+    finally:
+        images.close()
+    failed = [r for r in results if r["status"] != "SUCCESS"]
+    assert len(failed) <= len(victims), failed  # each dead process fails at most the image it was rendering
+    assert all(r["error"]["code"] == "IMAGE_CORRUPT" for r in failed)
+    assert resizer.poll() is None  # the stage kept serving
+    assert set(_render_processes(resizer.pid)).isdisjoint(victims)  # replaced
+    assert "starting another" in stack.log_tail("resizer", 200)
