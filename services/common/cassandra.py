@@ -169,6 +169,10 @@ def cluster_options(settings: Settings, timeout: float = 10.0) -> dict[str, Any]
         "execution_profiles": {EXEC_PROFILE_DEFAULT: default, SCHEMA_PROFILE: schema_profile(settings)},
         "connect_timeout": timeout,
         "protocol_version": 5,
+        # A schema change waits this long for every live node to agree before the next statement runs (the
+        # driver's default is 10 s): on a busy machine a new node took longer, and a statement prepared right
+        # after a CREATE TABLE then failed on the node that had not seen it yet.
+        "max_schema_agreement_wait": 60,
         # The driver's default backs off to 10 minutes; a restarted node should be used within seconds.
         "reconnection_policy": ExponentialReconnectionPolicy(0.5, 5.0),
     }

@@ -38,6 +38,7 @@ def test_defaults_are_token_aware_over_the_contact_points_datacenter() -> None:
     options = cluster_options(settings(cassandra_hosts="10.0.0.1,10.0.0.2", cassandra_port="9142"), timeout=7)
     assert options["contact_points"] == ["10.0.0.1", "10.0.0.2"] and options["port"] == 9142
     assert options["protocol_version"] == 5 and options["connect_timeout"] == 7
+    assert options["max_schema_agreement_wait"] == 60  # DDL waits for every live node before the next statement
     assert isinstance(options["reconnection_policy"], ExponentialReconnectionPolicy)
     default = options["execution_profiles"][EXEC_PROFILE_DEFAULT]
     assert isinstance(default.load_balancing_policy, TokenAwarePolicy)
