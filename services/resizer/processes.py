@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -218,13 +218,7 @@ class RenderProcess:
         """The child died: its current request fails, the others go to a new child in the same order."""
         assert self._ready is not None
         self._ready.clear()
-        for _ in range(20):  # its end of the socket closed as it exited; wait for it without blocking the loop
-            if not self._process.is_alive():
-                break
-            await asyncio.sleep(0.05)
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join(1)
+        await self._end(1.0)  # its end of the socket closed as it exited: it is gone or nearly
         log.warning("render process %s ended with %s; starting another", self._process.pid, self._process.exitcode)
         unanswered = list(self._waiting)
         self._waiting.clear()
@@ -241,9 +235,7 @@ class RenderProcess:
         if time.monotonic() - self._started_at < QUICK_DEATH_S:
             await asyncio.sleep(QUICK_DEATH_S)  # one that cannot even start is not restarted in a tight loop
         if self._closing:
-            for request in unanswered[1:]:
-                if not request.answer.done():
-                    request.answer.set_exception(ProcessDied("closed"))
+            _fail(unanswered[1:], "closed")
             return
         self._start()
         await self._connect()
@@ -260,22 +252,29 @@ class RenderProcess:
             self._requests.close()  # after what is buffered: the child reads to the end, answers, and returns
         else:
             self._request_pipe.close()
-        for _ in range(100):
-            if not self._process.is_alive():
-                break
-            await asyncio.sleep(0.1)
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join(1)
+        await self._end(10.0)
         if self._replies is not None:
             await asyncio.wait([self._replies], timeout=1)
             self._replies.cancel()
         if self._reply_writer is not None:
             self._reply_writer.close()
         self._reply_socket.close()
-        for request in self._waiting:
-            if not request.answer.done():
-                request.answer.set_exception(ProcessDied("closed"))
+        _fail(self._waiting, "closed")
+
+    async def _end(self, grace_s: float) -> None:
+        """Waits up to `grace_s` for the child to exit, without blocking the event loop; then kills it."""
+        deadline = time.monotonic() + grace_s
+        while self._process.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(1)
+
+
+def _fail(requests: Iterable[_Request], reason: str) -> None:
+    for request in requests:
+        if not request.answer.done():
+            request.answer.set_exception(ProcessDied(reason))
 
 
 class RenderProcesses:
