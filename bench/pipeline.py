@@ -282,11 +282,12 @@ def burst(run: Pipeline, origin: ImageOrigin, args: argparse.Namespace, base: di
 
     # Each task once, each with a thumbnail of its own: the API's thumbnail memory cannot serve any of them.
     # Without the distinct scenarios, the burst's own tasks (which share one thumbnail) stand in.
-    ids, own = (distinct_finished[:n], True) if distinct_finished else (ids or [c.task_id for c in prime if c.task_id], False)
+    own = bool(distinct_finished)
+    shared = ids or [c.task_id for c in prime if c.task_id]
+    asked = distinct_finished[:n] if own else [shared[i % len(shared)] for i in range(n)]
     hits = cache_hits(run)
     gets, window = run.sampler.during(
-        lambda: loadgen.get_all([f"{run.api}/thumbnail?task_id={ids[i % len(ids)]}" for i in range(min(n, len(ids)) if own else n)],
-                                BURST_CLIENTS))
+        lambda: loadgen.get_all([f"{run.api}/thumbnail?task_id={task_id}" for task_id in asked], BURST_CLIENTS))
     result["get"] = {**calls_figures(gets, window, len(gets), ("api", "cassandra", "bench")),
                      "errors": sum(1 for c in gets if c.status not in (200, 202)),
                      "ok_200": sum(1 for c in gets if c.status == 200), "distinct_thumbnails": own,
