@@ -13,6 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from services.api.backlog_watch import fetcher_lag_reader
+
 from .stack import ImageServer, Stack, poll_terminal, running_stack
 
 pytestmark = pytest.mark.integration
@@ -40,6 +42,14 @@ def test_a_full_backlog_refuses_posts_until_the_fetcher_catches_up(stack: Stack,
         assert first.status_code == 202, first.text
         assert poll_terminal(client, first.json()["task_id"])["status"] == "SUCCESS"  # the fetcher consumes
         rejected_before = stack.metric("api", "thumbs_backpressure_rejections_total")
+        # The fetcher commits about once a second: stopped before it commits the first record, the backlog
+        # would count that record too, and the limit would be reached one POST early.
+        read_lag = fetcher_lag_reader(stack.settings)
+        deadline = time.monotonic() + MAX_SECONDS
+        while read_lag()[0] != 0:
+            assert time.monotonic() < deadline, "the fetcher never committed the first record:\n" + stack.log_tail(
+                "fetcher")
+            time.sleep(0.2)
 
         fetcher = stack.processes["fetcher"]
         os.kill(fetcher.pid, signal.SIGSTOP)  # the backlog can only grow
