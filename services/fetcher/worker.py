@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from functools import partial
 
 from services.common import stage
+from services.common.allocator import keep_freed_memory
 from services.common.cassandra import TRANSIENT_ERRORS, connect, hosts_up
 from services.common.health import Check
 from services.common.kafka import KafkaPublisher
@@ -58,4 +59,5 @@ def build_fetcher(settings: Settings, *, publisher: stage.Publisher | None = Non
 
 
 def main(settings: Settings) -> int:
+    keep_freed_memory()  # every download is a source image
     return stage.run(build_fetcher(settings), settings, settings.fetcher_metrics_port)

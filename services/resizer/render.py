@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from services.common.allocator import keep_freed_memory
 from services.common.model import Rendition, StoredThumbnail
 
 from .imaging import make_thumbnails
@@ -16,6 +17,12 @@ def render_job(data: bytes, renditions: Sequence[Rendition], *, max_pixels: int,
     """One image's thumbnails, as the resizer stores them."""
     thumbnails = make_thumbnails(data, renditions, max_pixels=max_pixels, max_frames=max_frames)
     return [StoredThumbnail(t.content_type, t.width, t.height, len(t.data), t.data) for t in thumbnails]
+
+
+def prepare_render_process() -> None:
+    """A render process's set-up, before its first image."""
+    die_with_parent()
+    keep_freed_memory()
 
 
 def die_with_parent() -> None:

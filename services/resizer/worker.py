@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from services.common import stage
+from services.common.allocator import keep_freed_memory
 from services.common.cassandra import TRANSIENT_ERRORS, connect, hosts_up
 from services.common.cpu import usable_cores
 from services.common.errors import ErrorCode, PermanentError
@@ -22,7 +23,7 @@ from services.common.settings import Settings
 from .core import STAGE, Render, handle_fetched
 from .processes import ProcessDied, RenderProcesses
 from .recent import RecentThumbnails, fetcher_lookup_holds
-from .render import die_with_parent, render_job
+from .render import prepare_render_process, render_job
 
 
 def pool_size(settings: Settings) -> int:
@@ -35,7 +36,7 @@ class ProcessRenderer:
 
     def __init__(self, settings: Settings) -> None:
         job = partial(render_job, max_pixels=settings.max_pixels, max_frames=settings.max_frames)
-        self._processes = RenderProcesses(job, pool_size(settings), initializer=die_with_parent)
+        self._processes = RenderProcesses(job, pool_size(settings), initializer=prepare_render_process)
 
     async def close(self) -> None:
         await self._processes.close()
@@ -106,4 +107,5 @@ def build_resizer(settings: Settings, *, publisher: stage.Publisher | None = Non
 
 
 def main(settings: Settings) -> int:
+    keep_freed_memory()  # every record's value is a source image
     return stage.run(build_resizer(settings), settings, settings.resizer_metrics_port)
