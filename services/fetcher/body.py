@@ -32,24 +32,25 @@ async def read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> tuple
     if response.content_length is not None and response.content_length > max_bytes:
         raise _too_large(max_bytes)
     inflater = _inflater(response.headers.get(hdrs.CONTENT_ENCODING, ""))
-    body = bytearray()
+    pieces: list[bytes] = []  # joined once at the end: a growing bytearray reallocates (and copies) as it grows
+    size = wire = 0
     digest = hashlib.sha256()
-    wire = 0
     try:
         async for chunk in response.content.iter_any():
             wire += len(chunk)
             if wire > max_bytes:
                 raise _too_large(max_bytes)
             # Asking for one byte more than the room left is enough to tell "fits" from "too large".
-            piece = inflater.decompress(chunk, max_bytes - len(body) + 1) if inflater else chunk
-            if len(body) + len(piece) > max_bytes:
+            piece = inflater.decompress(chunk, max_bytes - size + 1) if inflater else chunk
+            size += len(piece)
+            if size > max_bytes:
                 raise _too_large(max_bytes)
-            body += piece
+            pieces.append(piece)
             digest.update(piece)
         if inflater is not None and not inflater.eof:
             raise PermanentError(ErrorCode.SOURCE_HTTP_ERROR, "origin's compressed body ends early")
     except zlib.error:
         raise PermanentError(ErrorCode.SOURCE_HTTP_ERROR, "origin's compressed body cannot be decoded") from None
-    if not body:
+    if not size:
         raise PermanentError(ErrorCode.SOURCE_EMPTY, "origin sent an empty body")
-    return bytes(body), digest.hexdigest()
+    return b"".join(pieces), digest.hexdigest()
